@@ -1,0 +1,56 @@
+"""The ``mnistlab`` command: parse, dispatch, turn errors into one line and an exit status.
+
+Each subcommand lives in its own module with ``register(subparsers)``, which adds its parser and
+sets ``func``; this file only wires them together.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+
+from mnistlab import __version__
+from mnistlab.errors import MnistlabError
+
+# Subcommand modules, in the order ``mnistlab --help`` lists them.
+COMMANDS = [
+    "mnistlab.apps.train_cmd",
+    "mnistlab.apps.data_cmd",
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mnistlab",
+        description="Train MNIST-family classifiers exactly as the classic TensorFlow programs did.",
+    )
+    parser.add_argument("--version", action="version", version=f"mnistlab {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMANDS:
+        importlib.import_module(name).register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except MnistlabError as exc:
+        print(f"mnistlab: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("mnistlab: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:  # `mnistlab ... | head`
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,33 @@
+"""Settings: the typed config tree, presets, TOML and ``--set`` overrides. Standard library only."""
+
+from mnistlab.config.load import (
+    all_keys,
+    apply_overrides,
+    flat_dict,
+    from_dict,
+    load_toml,
+    preset_config,
+    resolve,
+    set_value,
+    to_dict,
+    to_toml,
+    validate,
+)
+from mnistlab.config.presets import PRESETS
+from mnistlab.config.schema import (
+    CheckpointConfig,
+    Config,
+    DataConfig,
+    ModelConfig,
+    OptimConfig,
+    ParallelConfig,
+    TrackingConfig,
+    TrainConfig,
+)
+
+__all__ = [
+    "PRESETS", "CheckpointConfig", "Config", "DataConfig", "ModelConfig", "OptimConfig",
+    "ParallelConfig", "TrackingConfig", "TrainConfig", "all_keys", "apply_overrides", "flat_dict",
+    "from_dict", "load_toml", "preset_config", "resolve", "set_value", "to_dict", "to_toml",
+    "validate",
+]

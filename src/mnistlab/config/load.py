@@ -1,0 +1,310 @@
+"""Build a run's configuration: preset, then TOML file, then ``--set`` overrides, then checks.
+
+Overrides are type-checked against the dataclass fields, and an unknown key names the nearest
+valid one, so ``--set optim.learning_rate=0.2`` says "did you mean optim.lr?".
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+import sys
+import types
+import typing
+from dataclasses import fields, replace
+from pathlib import Path
+from typing import Any
+
+from mnistlab.config.presets import PRESETS
+from mnistlab.config.schema import (
+    INIT_NAMES,
+    LOSS_NAMES,
+    MODEL_NAMES,
+    OPTIMIZER_NAMES,
+    PARALLEL_MODES,
+    SCHEDULES,
+    SECTIONS,
+    Config,
+)
+from mnistlab.errors import ConfigError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10
+    import tomli as tomllib
+
+
+def all_keys() -> list[str]:
+    """Every ``section.key`` a person may set."""
+    return [f"{name}.{f.name}" for name, cls in SECTIONS.items() for f in fields(cls)]
+
+
+# Names people bring from other tools, mapped to ours (TensorFlow's own among them).
+ALIASES = {
+    "learning_rate": "lr", "learning_rate_base": "lr", "learning_rate_decay": "lr_decay",
+    "decay_rate": "lr_decay", "regularization": "l2", "regularization_rate": "l2",
+    "weight_decay": "l2", "moving_average_decay": "ema_decay", "training_steps": "steps",
+    "max_steps": "steps", "batch": "batch_size", "hidden_size": "hidden", "layer1_node": "hidden",
+    "optimizer": "name",
+}
+
+
+def _nearest(key: str, choices: list[str]) -> str:
+    """``"; did you mean 'x'?"`` for the closest valid name, or an empty string."""
+    section, _, tail = key.rpartition(".")
+    if tail in ALIASES:
+        alias = ALIASES[tail]
+        hits = [c for c in choices if c.rpartition(".")[2] == alias]
+        same = [c for c in hits if c.startswith(section + ".")] if section else []
+        if same or hits:
+            return f"; did you mean {(same or hits)[0]!r}?"
+    if section:  # a known section with a misspelt key: look in that section first
+        in_section = [c for c in choices if c.startswith(section + ".")]
+        # "l2_reg" -> "l2", "steps_total" -> "steps": a valid name the key starts with
+        prefixed = sorted((c for c in in_section if tail.startswith(c.rpartition(".")[2])),
+                          key=len, reverse=True)
+        if prefixed:
+            return f"; did you mean {prefixed[0]!r}?"
+        close = difflib.get_close_matches(key, in_section, n=1, cutoff=0.6)
+        if close:
+            return f"; did you mean {close[0]!r}?"
+    close = difflib.get_close_matches(key, choices, n=1, cutoff=0.4)
+    if not close:  # match on the part after the dot too ("lerning_rate" ~ "optim.lr")
+        tails = {c.rpartition(".")[2]: c for c in choices}
+        close = [tails[t] for t in difflib.get_close_matches(tail, list(tails), n=1, cutoff=0.4)]
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
+def _field_type(section: str, key: str) -> Any:
+    hints = typing.get_type_hints(SECTIONS[section])
+    return hints[key]
+
+
+def _coerce(value: Any, typ: Any, key: str) -> Any:
+    """Turn ``value`` (a string from the command line, or a TOML value) into ``typ``."""
+    origin = typing.get_origin(typ)
+    args = typing.get_args(typ)
+    if origin in (typing.Union, types.UnionType):
+        if value is None or (isinstance(value, str) and value.lower() in ("none", "null", "")):
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(value, inner[0], key)
+    if origin is tuple:
+        if isinstance(value, str):
+            parts = [p for p in value.replace("x", ",").split(",") if p.strip()]
+        elif isinstance(value, (list, tuple)):
+            parts = list(value)
+        elif isinstance(value, int) and not isinstance(value, bool):
+            parts = [value]
+        else:
+            raise ConfigError(f"{key} expects a list of integers such as 500,300; got {value!r}")
+        return tuple(_coerce(p, args[0], key) for p in parts)
+    if typ is bool:
+        if isinstance(value, bool):
+            return value
+        text = str(value).strip().lower()
+        if text in ("true", "yes", "on", "1"):
+            return True
+        if text in ("false", "no", "off", "0"):
+            return False
+        raise ConfigError(f"{key} expects true or false; got {value!r}")
+    if typ is int:
+        if isinstance(value, bool):
+            raise ConfigError(f"{key} expects an integer; got {value!r}")
+        if isinstance(value, int):
+            return value
+        text = str(value).strip().replace("_", "")
+        try:
+            return int(text)
+        except ValueError:
+            try:
+                number = float(text)
+            except ValueError:
+                number = math.nan
+            if number.is_integer():
+                return int(number)
+            raise ConfigError(f"{key} expects an integer; got {value!r}") from None
+    if typ is float:
+        if isinstance(value, bool):
+            raise ConfigError(f"{key} expects a number; got {value!r}")
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{key} expects a number; got {value!r}") from None
+    if typ is str:
+        if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+            raise ConfigError(f"{key} expects text; got {value!r}")
+        return str(value)
+    raise ConfigError(f"{key}: unsupported setting type {typ!r}")  # pragma: no cover
+
+
+def set_value(config: Config, key: str, value: Any) -> Config:
+    """Return ``config`` with ``section.key`` set to ``value`` (coerced and checked)."""
+    keys = all_keys()
+    if key == "preset":
+        raise ConfigError("choose a preset with --preset NAME, not --set preset=...")
+    if "." not in key or key not in keys:
+        raise ConfigError(f"unknown setting {key!r}{_nearest(key, keys)}")
+    section, name = key.split(".", 1)
+    coerced = _coerce(value, _field_type(section, name), key)
+    sub = replace(getattr(config, section), **{name: coerced})
+    return replace(config, **{section: sub})
+
+
+def apply_overrides(config: Config, overrides: list[str]) -> Config:
+    """Apply ``KEY=VALUE`` strings in order."""
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"--set expects KEY=VALUE (e.g. train.steps=2000); got {item!r}")
+        key, value = item.split("=", 1)
+        config = set_value(config, key.strip(), value.strip())
+    return config
+
+
+def from_dict(data: dict[str, Any], base: Config | None = None, *, where: str = "config") -> Config:
+    """Overlay a nested mapping (as in a TOML file or a checkpoint) onto ``base``."""
+    preset = data.get("preset")
+    if base is None:
+        base = preset_config(str(preset)) if preset else Config()
+    elif preset is not None and preset != base.preset:
+        base = preset_config(str(preset))
+    config = base
+    for section, values in data.items():
+        if section == "preset":
+            continue
+        if section not in SECTIONS:
+            raise ConfigError(f"{where}: unknown section [{section}]{_nearest(section, list(SECTIONS))}")
+        if not isinstance(values, dict):
+            raise ConfigError(f"{where}: [{section}] must be a table of settings")
+        for name, value in values.items():
+            config = set_value(config, f"{section}.{name}", value)
+    return config
+
+
+def to_dict(config: Config) -> dict[str, Any]:
+    """The whole tree as plain values (lists for tuples), suitable for JSON and TOML."""
+    out: dict[str, Any] = {"preset": config.preset}
+    for section in SECTIONS:
+        sub = getattr(config, section)
+        out[section] = {
+            f.name: list(getattr(sub, f.name)) if isinstance(getattr(sub, f.name), tuple)
+            else getattr(sub, f.name)
+            for f in fields(sub)
+        }
+    return out
+
+
+def flat_dict(config: Config) -> dict[str, Any]:
+    """``{"section.key": value}`` for every setting (TensorBoard hparams, tables)."""
+    flat: dict[str, Any] = {"preset": config.preset}
+    for section, values in to_dict(config).items():
+        if isinstance(values, dict):
+            for name, value in values.items():
+                flat[f"{section}.{name}"] = value
+    return flat
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    text = str(value).replace("\\", "\\\\").replace('"', '\\"')
+    return f'"{text}"'
+
+
+def to_toml(config: Config) -> str:
+    """TOML text that ``load_toml`` reads back to the same config (``None`` values are omitted)."""
+    lines = [f'preset = "{config.preset}"']
+    for section, values in to_dict(config).items():
+        if not isinstance(values, dict):
+            continue
+        lines.append(f"\n[{section}]")
+        lines += [f"{k} = {_toml_value(v)}" for k, v in values.items() if v is not None]
+    return "\n".join(lines) + "\n"
+
+
+def load_toml(path: str | Path, base: Config | None = None) -> Config:
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path} is not valid TOML: {exc}") from None
+    return from_dict(data, base, where=str(path))
+
+
+def preset_config(name: str) -> Config:
+    if name not in PRESETS:
+        raise ConfigError(f"unknown preset {name!r}{_nearest(name, list(PRESETS))} "
+                          f"(presets: {', '.join(PRESETS)})")
+    return PRESETS[name]()
+
+
+def _choice(value: str, choices: tuple[str, ...], key: str) -> None:
+    if value not in choices:
+        hint = _nearest(value, list(choices))
+        raise ConfigError(f"{key} must be one of {', '.join(choices)}; got {value!r}{hint}")
+
+
+def validate(config: Config) -> Config:
+    """Reject settings that cannot work, with the key and the reason."""
+    m, o, t, p, c = config.model, config.optim, config.train, config.parallel, config.checkpoint
+    _choice(m.name, MODEL_NAMES, "model.name")
+    _choice(m.init, INIT_NAMES, "model.init")
+    _choice(o.name, OPTIMIZER_NAMES, "optim.name")
+    _choice(t.loss, LOSS_NAMES, "train.loss")
+    _choice(p.mode, PARALLEL_MODES, "parallel.mode")
+    _choice(p.schedule, SCHEDULES, "parallel.schedule")
+    positive = {
+        "train.steps": t.steps, "train.batch_size": t.batch_size, "train.eval_every": t.eval_every,
+        "train.log_every": t.log_every, "parallel.workers": p.workers,
+        "parallel.microbatches": p.microbatches, "checkpoint.keep": c.keep,
+    }
+    for key, value in positive.items():
+        if value < 1:
+            raise ConfigError(f"{key} must be at least 1; got {value}")
+    if o.decay_steps is not None and o.decay_steps < 1:
+        raise ConfigError(f"optim.decay_steps must be at least 1; got {o.decay_steps}")
+    if not (o.lr > 0 and math.isfinite(o.lr)):
+        raise ConfigError(f"optim.lr must be a positive number; got {o.lr}")
+    if not 0 < o.lr_decay <= 1:
+        raise ConfigError(f"optim.lr_decay must be in (0, 1]; got {o.lr_decay}")
+    if not 0 <= o.ema_decay < 1:
+        raise ConfigError(f"optim.ema_decay must be in [0, 1) (0 turns the average off); got {o.ema_decay}")
+    if o.l2 < 0:
+        raise ConfigError(f"optim.l2 must not be negative; got {o.l2}")
+    if not 0 <= m.dropout < 1:
+        raise ConfigError(f"model.dropout must be in [0, 1); got {m.dropout}")
+    if m.init_std <= 0:
+        raise ConfigError(f"model.init_std must be positive; got {m.init_std}")
+    if any(h < 1 for h in m.hidden):
+        raise ConfigError(f"model.hidden sizes must be positive; got {m.hidden}")
+    if m.name == "mlp" and not m.hidden:
+        raise ConfigError("model.hidden must name at least one layer for the MLP (e.g. 500)")
+    if m.name == "lenet" and len(m.hidden) != 1:
+        raise ConfigError(f"model.hidden for lenet is the size of its one dense layer; got {m.hidden}")
+    if c.every < 0:
+        raise ConfigError(f"checkpoint.every must be 0 (only at the end) or positive; got {c.every}")
+    if config.tracking.histogram_every < 0:
+        raise ConfigError("tracking.histogram_every must be 0 (off) or positive")
+    if t.threads < 0:
+        raise ConfigError(f"train.threads must be 0 (torch's default) or positive; got {t.threads}")
+    return config
+
+
+def resolve(preset: str | None = None, config_file: str | Path | None = None,
+            overrides: list[str] | None = None) -> Config:
+    """Preset, then TOML file, then overrides; then ``validate``."""
+    config = preset_config(preset) if preset else None
+    if config_file is not None:
+        config = load_toml(config_file, config)
+    if config is None:
+        config = preset_config("seed-mlp")
+    config = apply_overrides(config, list(overrides or []))
+    return validate(config)

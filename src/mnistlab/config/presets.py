@@ -1,0 +1,58 @@
+"""The named starting points: the classic TensorFlow programs, reproduced exactly (DESIGN.md §2).
+
+Each preset is a small function that overrides the defaults; everything stays overridable.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import replace
+
+from mnistlab.config.schema import Config, ModelConfig, OptimConfig, TrainConfig
+
+
+def seed_softmax() -> Config:
+    """TensorFlow's beginner tutorial: softmax regression, plain SGD at 0.5, 1,000 steps of 100."""
+    return Config(
+        preset="seed-softmax",
+        model=ModelConfig(name="softmax", hidden=(), init="normal", init_std=0.1, bias_init=0.0),
+        optim=OptimConfig(name="sgd", lr=0.5, lr_decay=1.0, l2=0.0, ema_decay=0.0),
+        train=TrainConfig(steps=1000, batch_size=100, eval_every=100),
+    )
+
+
+def seed_mlp() -> Config:
+    """The 784-500-10 MLP with exponential decay, L2 and a moving average of the weights."""
+    return Config(preset="seed-mlp")
+
+
+def seed_mlp_book() -> Config:
+    """The book's own program: truncated-normal weights, base rate 0.8, staircase decay."""
+    base = seed_mlp()
+    return replace(
+        base,
+        preset="seed-mlp-book",
+        model=replace(base.model, init="truncated_normal"),
+        optim=replace(base.optim, lr=0.8, staircase=True),
+    )
+
+
+def lenet() -> Config:
+    """LeNet-5 style CNN (TensorFlow's convolutional MNIST example) with the same EMA machinery:
+    conv 5x5x32, pool, conv 5x5x64, pool, dense 512, dropout 0.5, dense 10; momentum SGD."""
+    return Config(
+        preset="lenet",
+        model=ModelConfig(name="lenet", hidden=(512,), init="truncated_normal", bias_init=0.1,
+                          dropout=0.5),
+        optim=OptimConfig(name="momentum", lr=0.01, momentum=0.9, lr_decay=0.95, staircase=True,
+                          l2=5e-4, ema_decay=0.99),
+        train=TrainConfig(steps=6000, batch_size=100, eval_every=500),
+    )
+
+
+PRESETS: dict[str, Callable[[], Config]] = {
+    "seed-softmax": seed_softmax,
+    "seed-mlp": seed_mlp,
+    "seed-mlp-book": seed_mlp_book,
+    "lenet": lenet,
+}

@@ -1,0 +1,118 @@
+"""Every setting of a run, as one tree of frozen dataclasses.
+
+A run's configuration is plain values: presets (``presets.py``) override the defaults, TOML files
+and ``--set section.key=value`` override a preset, and ``validate`` rejects what cannot work. The
+resolved tree is saved into every checkpoint and into TensorBoard's hparams.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+MODEL_NAMES = ("softmax", "mlp", "lenet")
+INIT_NAMES = ("normal", "truncated_normal", "zeros")
+OPTIMIZER_NAMES = ("sgd", "momentum", "adam")
+LOSS_NAMES = ("stable", "naive")
+PARALLEL_MODES = ("none", "data", "async", "tensor", "pipeline")
+SCHEDULES = ("gpipe", "1f1b")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    dataset: str = "auto"
+    """Registered dataset name; ``auto`` means full MNIST when it can be found, else ``mnist-sample``."""
+    data_dir: str | None = None
+    """A folder holding the four IDX files (``--data-dir``); else ``MNISTLAB_DATA``, cache, system."""
+    validation_size: int | None = None
+    """First N training images kept for validation; ``None`` uses the dataset's own (5,000 for MNIST)."""
+    download: bool = True
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    name: str = "mlp"
+    hidden: tuple[int, ...] = (500,)
+    """Hidden layer sizes of the MLP; for LeNet, the size of its first dense layer."""
+    init: str = "normal"
+    init_std: float = 0.1
+    bias_init: float = 0.1
+    dropout: float = 0.0
+    """Dropout before LeNet's last layer (probability of dropping), 0 for none."""
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    name: str = "sgd"
+    lr: float = 0.1
+    lr_decay: float = 0.99
+    """Multiplied into the learning rate once per ``decay_steps``; 1.0 keeps it constant."""
+    decay_steps: int | None = None
+    """``None``: training examples / batch size, one decay per epoch as the classic programs do."""
+    staircase: bool = False
+    momentum: float = 0.9
+    l2: float = 1e-4
+    """TensorFlow's L2: ``l2 * sum(w**2) / 2`` over weight matrices only, never biases."""
+    ema_decay: float = 0.99
+    """Moving average of the weights, ``min(ema_decay, (1+n)/(10+n))``; 0 turns it off."""
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    steps: int = 30_000
+    batch_size: int = 100
+    """The global batch: split across ranks under data parallelism, never multiplied."""
+    eval_every: int = 500
+    log_every: int = 100
+    seed: int = 1
+    device: str = "auto"
+    loss: str = "stable"
+    """``stable``: mean cross-entropy from log-softmax. ``naive``: the original programs'
+    ``-sum(y * log(softmax))`` over the batch, which can reach NaN; training then stops loudly."""
+    threads: int = 0
+    """CPU threads for torch; 0 keeps torch's default."""
+
+
+@dataclass(frozen=True)
+class ParallelConfig:
+    mode: str = "none"
+    workers: int = 1
+    schedule: str = "gpipe"
+    microbatches: int = 1
+
+
+@dataclass(frozen=True)
+class CheckpointConfig:
+    every: int = 1000
+    """Steps between checkpoints (and one at the end); 0 writes only the final one."""
+    keep: int = 3
+
+
+@dataclass(frozen=True)
+class TrackingConfig:
+    tensorboard: bool = True
+    histogram_every: int = 1000
+    """Steps between weight and gradient histograms; 0 turns them off."""
+    jsonl: bool = True
+
+
+@dataclass(frozen=True)
+class Config:
+    preset: str = "seed-mlp"
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+
+
+SECTIONS: dict[str, type] = {
+    "data": DataConfig,
+    "model": ModelConfig,
+    "optim": OptimConfig,
+    "train": TrainConfig,
+    "parallel": ParallelConfig,
+    "checkpoint": CheckpointConfig,
+    "tracking": TrackingConfig,
+}

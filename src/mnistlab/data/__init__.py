@@ -1,0 +1,44 @@
+"""Datasets: IDX files, the registry of known datasets, finding/downloading/verifying, splits, batches.
+
+Offline first (DESIGN §3): ``locate`` looks in ``--data-dir``/``$MNISTLAB_DATA``, the user cache and
+``/usr/share/datasets`` before it downloads; ``load_arrays`` verifies everything before training.
+"""
+
+from mnistlab.data.idx import read_idx, read_idx_header, write_idx
+from mnistlab.data.locate import (
+    Located,
+    ProgressCallback,
+    VerifyReport,
+    candidate_dirs,
+    download,
+    load_arrays,
+    locate,
+    verify,
+)
+from mnistlab.data.registry import DATASETS, DatasetSpec, FileSpec, get_dataset
+
+# Built on the modules above, so imported last.
+from mnistlab.data.splits import Split, Splits, load_splits  # noqa: I001
+from mnistlab.data.batching import Batcher
+
+__all__ = [
+    "DATASETS",
+    "Batcher",
+    "DatasetSpec",
+    "FileSpec",
+    "Located",
+    "ProgressCallback",
+    "Split",
+    "Splits",
+    "VerifyReport",
+    "candidate_dirs",
+    "download",
+    "get_dataset",
+    "load_arrays",
+    "load_splits",
+    "locate",
+    "read_idx",
+    "read_idx_header",
+    "verify",
+    "write_idx",
+]

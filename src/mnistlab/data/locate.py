@@ -1,0 +1,336 @@
+"""Find a dataset's four files offline first, download them only as a last resort, verify them.
+
+Lookup order (DESIGN §3): an explicit ``data_dir`` (else ``$MNISTLAB_DATA``), the user cache
+(``$XDG_CACHE_HOME/mnistlab/<name>`` or ``~/.cache/mnistlab/<name>``), the system folder
+(``/usr/share/datasets/<name>``, root overridable by ``$MNISTLAB_SYSTEM_DATA``), then a download
+into the cache. ``mnist-sample`` lives inside the package. Each folder is tried as
+``<dir>/<name>`` and then ``<dir>`` itself, and each file may be ``.gz`` or uncompressed.
+
+Nothing here trusts a file: ``load_arrays`` and ``verify`` check checksums (where known), IDX
+headers, counts and label ranges, and every problem is one ``DataError`` naming the file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from mnistlab.data.fetch import DownloadFailed, ProgressCallback, fetch_dataset
+from mnistlab.data.idx import encode_idx, is_gzip, read_idx
+from mnistlab.data.registry import ROLES, DatasetSpec, FileSpec, get_dataset
+from mnistlab.errors import DataError
+
+__all__ = [
+    "Located", "ProgressCallback", "VerifyReport", "FileCheck", "candidate_dirs", "locate",
+    "download", "verify", "load_arrays", "cache_root", "system_root", "find_files",
+]
+
+SAMPLE_DIR = Path(__file__).resolve().parent / "sample"
+
+
+@dataclass(frozen=True)
+class Located:
+    """Where a dataset's files were found (``source`` says which rule found them)."""
+
+    name: str
+    directory: Path
+    source: str  # "data-dir" | "env" | "cache" | "system" | "download" | "bundled"
+    files: dict[str, Path]
+    spec: DatasetSpec | None = field(default=None, compare=False, repr=False)
+
+
+def cache_root() -> Path:
+    """``$XDG_CACHE_HOME/mnistlab`` or ``~/.cache/mnistlab``."""
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    base = Path(xdg) if xdg and Path(xdg).is_absolute() else Path.home() / ".cache"
+    return base / "mnistlab"
+
+
+def system_root() -> Path:
+    """Where Debian's dataset packages install (``$MNISTLAB_SYSTEM_DATA`` overrides, for tests)."""
+    return Path(os.environ.get("MNISTLAB_SYSTEM_DATA") or "/usr/share/datasets")
+
+
+def candidate_dirs(
+    name: str | DatasetSpec, data_dir: str | os.PathLike[str] | None = None
+) -> list[tuple[str, Path]]:
+    """The (source, folder) pairs ``locate`` tries, in order."""
+    spec = get_dataset(name)
+    if data_dir is not None:
+        d = Path(data_dir).expanduser()
+        return [("data-dir", d / spec.name), ("data-dir", d)]
+    if spec.bundled:
+        return [("bundled", SAMPLE_DIR)]
+    out: list[tuple[str, Path]] = []
+    env = os.environ.get("MNISTLAB_DATA")
+    if env:
+        d = Path(env).expanduser()
+        out += [("env", d / spec.name), ("env", d)]
+    out.append(("cache", cache_root() / spec.name))
+    out.append(("system", system_root() / spec.name))
+    return out
+
+
+def _names(fs: FileSpec) -> list[str]:
+    """Accepted names for a file: as published (.gz), uncompressed, and the common dotted form."""
+    names = [fs.filename, fs.raw_filename]
+    dotted = fs.raw_filename.replace("-idx", ".idx")
+    return names + [n for n in (dotted + ".gz", dotted) if n not in names]
+
+
+def find_files(spec: DatasetSpec, folder: Path) -> tuple[dict[str, Path], list[str]]:
+    """The files of ``spec`` present in ``folder`` (role -> path), and the names missing."""
+    found: dict[str, Path] = {}
+    missing: list[str] = []
+    for fs in spec.files:
+        hit = next((folder / n for n in _names(fs) if (folder / n).is_file()), None)
+        if hit is None:
+            missing.append(fs.filename)
+        else:
+            found[fs.role] = hit
+    return found, missing
+
+
+def _describe(folder: Path, found: dict[str, Path], missing: list[str]) -> str:
+    if not folder.is_dir():
+        return "no such folder"
+    if not found:
+        return "none of the files"
+    return f"only {len(found)} of 4 files (missing {', '.join(missing)})"
+
+
+def locate(
+    name: str | DatasetSpec,
+    data_dir: str | os.PathLike[str] | None = None,
+    *,
+    download: bool = True,
+    progress: ProgressCallback | None = None,
+    mirrors: Sequence[str] | None = None,
+) -> Located:
+    """Find the dataset's four files, downloading into the cache only when no folder has them.
+
+    An explicit ``data_dir`` is never silently ignored: if it lacks the files, this raises.
+    """
+    spec = get_dataset(name)
+    looked: list[str] = []
+    for source, folder in candidate_dirs(spec, data_dir):
+        found, missing = find_files(spec, folder)
+        if not missing:
+            return Located(spec.name, folder, source, found, spec)
+        looked.append(f"{source}: {folder} ({_describe(folder, found, missing)})")
+    attempts: list[str] = []
+    if data_dir is None and not spec.bundled:
+        if download and (mirrors or spec.mirrors):
+            try:
+                return _download(spec, None, progress, mirrors)
+            except DownloadFailed as e:
+                attempts = e.attempts
+        elif not download:
+            attempts = ["not tried (download disabled)"]
+    raise DataError(_not_found_message(spec, looked, attempts, data_dir))
+
+
+def _not_found_message(
+    spec: DatasetSpec, looked: list[str], attempts: list[str], data_dir: object
+) -> str:
+    lines = [
+        f"dataset {spec.name!r} not found: it needs {', '.join(spec.filenames)} "
+        "(each may also be uncompressed, without .gz).",
+        "Looked in:",
+        *(f"  - {w}" for w in looked),
+    ]
+    if attempts:
+        lines += ["Download:", *(f"  - {a}" for a in attempts)]
+    fix = "put the four files in one of those folders"
+    if data_dir is None:
+        fix += (f", pass --data-dir DIR, set MNISTLAB_DATA=DIR, or run "
+                f"`mnistlab data download {spec.name}` where there is network")
+    else:
+        fix += " or pass a --data-dir that holds them"
+    lines.append(f"To fix: {fix}.")
+    return "\n".join(lines)
+
+
+def download(
+    name: str | DatasetSpec,
+    dest_dir: str | os.PathLike[str] | None = None,
+    *,
+    progress: ProgressCallback | None = None,
+    mirrors: Sequence[str] | None = None,
+) -> Located:
+    """Download (and verify) the four files into ``dest_dir`` or the user cache."""
+    spec = get_dataset(name)
+    if spec.bundled:
+        raise DataError(f"dataset {spec.name!r} is bundled with mnistlab; there is nothing to download")
+    try:
+        return _download(spec, dest_dir, progress, mirrors)
+    except DownloadFailed as e:
+        raise DataError(
+            f"download of {spec.name!r} failed:\n" + "\n".join(f"  - {a}" for a in e.attempts)
+        ) from None
+
+
+def _download(
+    spec: DatasetSpec,
+    dest_dir: str | os.PathLike[str] | None,
+    progress: ProgressCallback | None,
+    mirrors: Sequence[str] | None,
+) -> Located:
+    dest = Path(dest_dir) if dest_dir is not None else cache_root() / spec.name
+    files = fetch_dataset(spec, dest, mirrors=list(mirrors or spec.mirrors), progress=progress)
+    return Located(spec.name, dest, "download", files, spec)
+
+
+# ---------------------------------------------------------------------------------- verification
+
+
+@dataclass
+class FileCheck:
+    """The result of checking one file."""
+
+    role: str
+    path: Path
+    size: int
+    size_ok: bool | None = None  # None: not comparable (uncompressed or repackaged)
+    checksum_ok: bool | None = None  # None: no published checksum for this form
+    checksum_note: str = ""
+    header_ok: bool = False
+    shape: tuple[int, ...] | None = None
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+@dataclass
+class VerifyReport:
+    """Per-file checks plus the checks across files (counts agree, label range)."""
+
+    located: Located
+    files: list[FileCheck]
+    problems: list[str]
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def _md5_sha256(path: Path) -> tuple[str, str]:
+    md5, sha = hashlib.md5(), hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            md5.update(chunk)
+            sha.update(chunk)
+    return md5.hexdigest(), sha.hexdigest()
+
+
+def _check_checksum(fs: FileSpec, check: FileCheck, content_md5: Callable[[], str]) -> None:
+    """Compare the file as stored (or, failing that, its content) with the published checksums."""
+    gz = is_gzip(check.path)
+    if gz and fs.md5:
+        md5, sha = _md5_sha256(check.path)
+        if md5 == fs.md5 and (fs.sha256 is None or sha == fs.sha256):
+            check.size_ok, check.checksum_ok = True, True
+            check.checksum_note = "md5" + ("+sha256" if fs.sha256 else "") + " match the published file"
+            return
+    if fs.raw_md5:
+        got = content_md5()
+        check.checksum_ok = got == fs.raw_md5
+        if check.checksum_ok:
+            check.checksum_note = "content md5 matches the published data" + (
+                " (gzip header differs from the published .gz)" if gz else "")
+            return
+        check.checksum_note = f"content md5 {got} differs from the published {fs.raw_md5}"
+    elif gz and fs.md5:
+        check.checksum_ok = False
+        check.checksum_note = f"md5 {md5} differs from the published {fs.md5}"
+    else:
+        check.checksum_note = "no published checksum for this form of the file; header checks only"
+        return
+    if gz and fs.size is not None:
+        check.size_ok = check.size == fs.size
+    size = "" if check.size_ok is not False else f", and its size {check.size} is not {fs.size}"
+    check.problems.append(
+        f"{check.path}: {check.checksum_note}{size}: corrupt, truncated or a different dataset "
+        f"(delete it and fetch it again)"
+    )
+
+
+def _check_file(fs: FileSpec, path: Path, checksums: bool) -> tuple[FileCheck, np.ndarray | None]:
+    check = FileCheck(fs.role, path, path.stat().st_size)
+    arr: np.ndarray | None = None
+    try:
+        arr = read_idx(path)
+        check.header_ok, check.shape = True, tuple(arr.shape)
+    except DataError as e:
+        check.problems.append(str(e))
+    if checksums:
+        def content_md5() -> str:
+            return hashlib.md5(encode_idx(arr)).hexdigest() if arr is not None else "(unreadable)"
+        _check_checksum(fs, check, content_md5)
+    if arr is not None:
+        want_ndim = 3 if fs.role.endswith("images") else 1
+        if arr.ndim != want_ndim or arr.dtype != np.uint8:
+            check.problems.append(
+                f"{path}: expected {want_ndim}-D uint8 {fs.role.replace('_', ' ')}, "
+                f"found {arr.ndim}-D {arr.dtype} with shape {arr.shape}")
+    return check, arr
+
+
+def _cross_checks(spec: DatasetSpec, arrays: dict[str, np.ndarray], files: dict[str, Path]) -> list[str]:
+    """Counts agree between images and labels; labels lie in [0, num_classes); image sizes agree."""
+    problems = []
+    for part in ("train", "test"):
+        imgs, labels = arrays.get(f"{part}_images"), arrays.get(f"{part}_labels")
+        if imgs is not None and labels is not None and len(imgs) != len(labels):
+            problems.append(
+                f"{files[f'{part}_images']} has {len(imgs)} images but "
+                f"{files[f'{part}_labels']} has {len(labels)} labels")
+        if labels is not None and labels.size:
+            bad = int(np.count_nonzero(labels >= spec.num_classes))
+            if bad:
+                problems.append(
+                    f"{files[f'{part}_labels']}: {bad} labels outside 0..{spec.num_classes - 1} "
+                    f"(largest {int(labels.max())})")
+    tr, te = arrays.get("train_images"), arrays.get("test_images")
+    if tr is not None and te is not None and tr.shape[1:] != te.shape[1:]:
+        problems.append(f"train images are {tr.shape[1:]} but test images are {te.shape[1:]}")
+    return problems
+
+
+def verify(name: str | DatasetSpec, data_dir: str | os.PathLike[str] | None = None) -> VerifyReport:
+    """Check every file of a dataset already on disk (never downloads)."""
+    located = locate(name, data_dir, download=False)
+    return _verify_located(located, checksums=True)[0]
+
+
+def _verify_located(
+    located: Located, checksums: bool
+) -> tuple[VerifyReport, dict[str, np.ndarray]]:
+    spec = located.spec or get_dataset(located.name)
+    checks: list[FileCheck] = []
+    arrays: dict[str, np.ndarray] = {}
+    for role in ROLES:
+        check, arr = _check_file(spec.file(role), located.files[role], checksums)
+        checks.append(check)
+        if arr is not None and check.ok:
+            arrays[role] = arr
+    problems = [p for c in checks for p in c.problems]
+    problems += _cross_checks(spec, arrays, located.files)
+    return VerifyReport(located, checks, problems), arrays
+
+
+def load_arrays(located: Located, *, check_checksums: bool = True) -> dict[str, np.ndarray]:
+    """The four arrays (uint8), after every check passes; otherwise one DataError with them all."""
+    report, arrays = _verify_located(located, checksums=check_checksums)
+    if not report.ok:
+        raise DataError(
+            f"dataset {located.name!r} in {located.directory} failed verification: "
+            + "; ".join(report.problems))
+    return arrays

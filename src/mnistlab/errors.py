@@ -1,0 +1,33 @@
+"""The error families mnistlab raises for people, one type per family.
+
+Each message says what was wrong, where, and what to do; the CLI prints it as one line and exits
+non-zero. Standard library only: every layer may import this module.
+"""
+
+
+class MnistlabError(Exception):
+    """Base of every error mnistlab reports to a person (not a bug)."""
+
+    exit_code = 1
+
+
+class ConfigError(MnistlabError):
+    """A setting is unknown, has the wrong type, or is out of range."""
+
+    exit_code = 2
+
+
+class DataError(MnistlabError):
+    """A dataset file is missing, corrupt, or cannot be obtained."""
+
+
+class CheckpointError(MnistlabError):
+    """A checkpoint cannot be written, found, trusted or read."""
+
+
+class TrainingError(MnistlabError):
+    """Training cannot go on (for instance the loss became NaN)."""
+
+
+class ParallelError(MnistlabError):
+    """A parallel run cannot start or a worker failed."""

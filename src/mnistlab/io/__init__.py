@@ -1,0 +1,1 @@
+"""What a run leaves behind and shows: callbacks, progress, checkpoints, tracking, export."""

@@ -1,0 +1,47 @@
+"""Exponential moving average of the weights, with TensorFlow's ``num_updates`` rule.
+
+``decay = min(ema_decay, (1 + n) / (10 + n))`` with ``n`` the number of averaging updates done
+before this one, so early shadows follow the weights quickly. Shadows start equal to the initial
+parameters and are updated in place with one foreach lerp after each optimizer step.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+
+def ema_decay_at(n: int, decay: float) -> float:
+    return min(decay, (1.0 + n) / (10.0 + n))
+
+
+class EMA:
+    def __init__(self, params: Sequence[torch.Tensor], decay: float):
+        self.decay = decay
+        self.num_updates = 0
+        self.params = list(params)
+        self.shadows = [p.detach().clone() for p in self.params]
+
+    @property
+    def current_decay(self) -> float:
+        """The decay the next update will use."""
+        return ema_decay_at(self.num_updates, self.decay)
+
+    @torch.no_grad()
+    def update(self) -> None:
+        d = ema_decay_at(self.num_updates, self.decay)
+        # shadow = d * shadow + (1 - d) * param  ==  lerp(shadow, param, 1 - d)
+        torch._foreach_lerp_(self.shadows, [p.detach() for p in self.params], 1.0 - d)
+        self.num_updates += 1
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"num_updates": self.num_updates, "decay": self.decay,
+                "shadows": [s.clone() for s in self.shadows]}
+
+    @torch.no_grad()
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.num_updates = int(state["num_updates"])
+        for shadow, saved in zip(self.shadows, state["shadows"], strict=True):
+            shadow.copy_(saved)

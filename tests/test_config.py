@@ -1,0 +1,94 @@
+"""Presets, overrides, TOML and the messages for bad settings."""
+
+import pytest
+
+from mnistlab.config import PRESETS, from_dict, load_toml, preset_config, resolve, to_dict, to_toml
+from mnistlab.errors import ConfigError
+
+
+def test_presets_follow_the_classic_programs():
+    mlp = preset_config("seed-mlp")
+    assert mlp.model.hidden == (500,) and mlp.model.init == "normal"
+    assert (mlp.optim.lr, mlp.optim.lr_decay, mlp.optim.staircase) == (0.1, 0.99, False)
+    assert (mlp.optim.l2, mlp.optim.ema_decay) == (1e-4, 0.99)
+    assert (mlp.train.steps, mlp.train.batch_size, mlp.train.eval_every) == (30_000, 100, 500)
+    book = preset_config("seed-mlp-book")
+    assert (book.model.init, book.optim.lr, book.optim.staircase) == ("truncated_normal", 0.8, True)
+    soft = preset_config("seed-softmax")
+    assert soft.model.name == "softmax" and soft.optim.lr == 0.5 and soft.train.steps == 1000
+    assert soft.optim.ema_decay == 0 and soft.optim.l2 == 0
+    assert preset_config("lenet").model.name == "lenet"
+    assert set(PRESETS) == {"seed-softmax", "seed-mlp", "seed-mlp-book", "lenet"}
+
+
+def test_overrides_are_typed():
+    c = resolve("seed-mlp", None, ["train.steps=2000", "optim.lr=0.2", "model.hidden=300,100",
+                                   "optim.staircase=true", "train.seed=5", "optim.ema_decay=0.999"])
+    assert c.train.steps == 2000 and c.optim.lr == 0.2 and c.model.hidden == (300, 100)
+    assert c.optim.staircase is True and c.train.seed == 5 and c.optim.ema_decay == 0.999
+    assert resolve(None, None, ["train.steps=1_000"]).train.steps == 1000
+
+
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [
+        ("optim.learning_rate=0.2", "optim.lr"),
+        ("train.step=10", "train.steps"),
+        ("optim.l2_reg=0.1", "optim.l2"),
+        ("trian.batch_size=5", "train.batch_size"),
+    ],
+)
+def test_unknown_key_names_the_nearest(override, expected):
+    with pytest.raises(ConfigError, match=f"did you mean '{expected}'"):
+        resolve("seed-mlp", None, [override])
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("train.steps=ten", "train.steps expects an integer"),
+        ("train.steps=1.5", "train.steps expects an integer"),
+        ("optim.lr=fast", "optim.lr expects a number"),
+        ("optim.staircase=maybe", "optim.staircase expects true or false"),
+        ("train.steps=0", "train.steps must be at least 1"),
+        ("optim.ema_decay=1.5", "optim.ema_decay must be in"),
+        ("model.name=resnet", "model.name must be one of"),
+        ("train.steps", "KEY=VALUE"),
+    ],
+)
+def test_bad_values_are_clear(override, message):
+    with pytest.raises(ConfigError, match=message):
+        resolve("seed-mlp", None, [override])
+
+
+def test_unknown_preset():
+    with pytest.raises(ConfigError, match="did you mean 'seed-mlp'"):
+        preset_config("seed_mlp")
+
+
+def test_toml_round_trip(tmp_path):
+    c = resolve("seed-mlp-book", None, ["train.steps=123", "model.hidden=64,32"])
+    path = tmp_path / "run.toml"
+    path.write_text(to_toml(c))
+    assert load_toml(path) == c
+    assert from_dict(to_dict(c)) == c
+
+
+def test_toml_file_then_overrides(tmp_path):
+    path = tmp_path / "run.toml"
+    path.write_text('preset = "seed-softmax"\n[train]\nsteps = 50\n[optim]\nlr = 0.3\n')
+    c = resolve(None, path, ["train.steps=60"])
+    assert c.preset == "seed-softmax" and c.optim.lr == 0.3 and c.train.steps == 60
+
+
+def test_toml_errors(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[train\nsteps = 1")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_toml(bad)
+    unknown = tmp_path / "unknown.toml"
+    unknown.write_text("[trainn]\nsteps = 1\n")
+    with pytest.raises(ConfigError, match="did you mean 'train'"):
+        load_toml(unknown)
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_toml(tmp_path / "missing.toml")
