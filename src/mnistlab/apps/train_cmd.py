@@ -5,10 +5,12 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
+from pathlib import Path
 from typing import Any
 
-from mnistlab.config import PRESETS, Config, all_keys, resolve, set_value, validate
-from mnistlab.errors import DataError
+from mnistlab.config import PRESETS, Config, all_keys, resolve, set_value, to_toml, validate
+from mnistlab.errors import ConfigError, DataError
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -31,7 +33,62 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--json", action="store_true",
                    help="print the final figures as one JSON object on the last line")
     p.add_argument("--quiet", action="store_true", help="no progress bar or per-evaluation lines")
+    p.add_argument("--run-dir", metavar="DIR",
+                   help="where this run keeps its config, checkpoints and logs "
+                        "(default: runs/<date-time>-<preset>)")
+    add_checkpoint_args(p)
+    add_tracking_args(p)
+    add_parallel_args(p)
     p.set_defaults(func=run_train)
+
+
+# -- checkpoints and resume (io.checkpoint) --------------------------------------------------------
+def add_checkpoint_args(p: argparse.ArgumentParser) -> None:
+    """Flags for checkpoints and resume."""
+
+
+def checkpoint_callbacks(args: argparse.Namespace, config: Config, run_dir: Path) -> list[Any]:
+    return []
+
+
+def resume_state(args: argparse.Namespace, config: Config) -> tuple[Config, dict[str, Any] | None]:
+    """The state to resume from (and the config it was saved with), or ``None``."""
+    return config, None
+
+
+# -- tracking (io.tracking) --------------------------------------------------------------------------
+def add_tracking_args(p: argparse.ArgumentParser) -> None:
+    """Flags for TensorBoard and metrics files."""
+
+
+def tracking_callbacks(args: argparse.Namespace, config: Config, run_dir: Path) -> list[Any]:
+    return []
+
+
+# -- parallel modes (parallel) -----------------------------------------------------------------------
+def add_parallel_args(p: argparse.ArgumentParser) -> None:
+    """Flags for the parallel modes."""
+
+
+def make_strategy(args: argparse.Namespace, config: Config) -> Any:
+    """The strategy for ``config.parallel.mode``; ``None`` means one process."""
+    return None
+
+
+def new_run_dir(config: Config) -> Path:
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    return Path("runs") / f"{stamp}-{config.preset}"
+
+
+def prepare_run_dir(path: Path, config: Config, is_main: bool) -> Path:
+    """Create the run folder and save the resolved settings in it as ``config.toml``."""
+    if is_main:
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+            (path / "config.toml").write_text(to_toml(config), encoding="utf-8")
+        except OSError as exc:
+            raise ConfigError(f"cannot write the run folder {path}: {exc.strerror or exc}") from None
+    return path
 
 
 def config_from_args(args: argparse.Namespace) -> Config:
@@ -80,10 +137,19 @@ def run_train(args: argparse.Namespace) -> int:
     from mnistlab.train import train
 
     config = config_from_args(args)
-    config, data = load_data(config, quiet=args.quiet)
+    config, state = resume_state(args, config)
+    strategy = make_strategy(args, config)
+    is_main = strategy is None or strategy.is_main
+    config, data = load_data(config, quiet=args.quiet or not is_main)
+    run_dir = prepare_run_dir(Path(args.run_dir) if args.run_dir else new_run_dir(config), config,
+                              is_main)
     callbacks = [ConsoleCallback(quiet=args.quiet)]
-    result = train(config, data, callbacks=callbacks)
-    summary = result.summary()
+    callbacks += checkpoint_callbacks(args, config, run_dir)
+    callbacks += tracking_callbacks(args, config, run_dir)
+    result = train(config, data, strategy=strategy, callbacks=callbacks, resume_state=state)
+    if not is_main:
+        return 0
+    summary = result.summary() | {"run_dir": str(run_dir)}
     if not args.quiet:
         print(summary_table(summary, title=f"mnistlab {config.preset} on {data.name}"))
     if args.json:

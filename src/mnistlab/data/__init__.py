@@ -4,6 +4,7 @@ Offline first (DESIGN §3): ``locate`` looks in ``--data-dir``/``$MNISTLAB_DATA`
 ``/usr/share/datasets`` before it downloads; ``load_arrays`` verifies everything before training.
 """
 
+from mnistlab.data.batching import Batcher
 from mnistlab.data.idx import read_idx, read_idx_header, write_idx
 from mnistlab.data.locate import (
     Located,
@@ -16,10 +17,7 @@ from mnistlab.data.locate import (
     verify,
 )
 from mnistlab.data.registry import DATASETS, DatasetSpec, FileSpec, get_dataset
-
-# Built on the modules above, so imported last.
-from mnistlab.data.splits import Split, Splits, load_splits  # noqa: I001
-from mnistlab.data.batching import Batcher
+from mnistlab.data.splits import Split, Splits, load_splits
 
 __all__ = [
     "DATASETS",

@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import http.client
 import os
-import socket
 import tempfile
 import urllib.error
 import urllib.request
@@ -90,7 +89,7 @@ def _stream(url: str, out: BinaryIO, fs: FileSpec, progress: ProgressCallback | 
         raise _BadFile(f"cannot connect ({e.reason})") from None
     except http.client.IncompleteRead as e:
         raise _BadFile(f"connection dropped after {done + len(e.partial)} bytes") from None
-    except (TimeoutError, socket.timeout):
+    except TimeoutError:
         raise _BadFile(f"timed out after {TIMEOUT_S:.0f} s ({done} bytes received)") from None
     except (ConnectionError, http.client.HTTPException, OSError) as e:
         raise _BadFile(f"connection failed after {done} bytes ({type(e).__name__}: {e})") from None

@@ -61,11 +61,14 @@ def candidate_dirs(
 ) -> list[tuple[str, Path]]:
     """The (source, folder) pairs ``locate`` tries, in order."""
     spec = get_dataset(name)
+    if spec.bundled:
+        # Always present; a data_dir counts only through its NAME/ subfolder, because the sample
+        # shares MNIST's file names and a folder of full MNIST must not pass for it.
+        sub = [("data-dir", Path(data_dir).expanduser() / spec.name)] if data_dir is not None else []
+        return [*sub, ("bundled", SAMPLE_DIR)]
     if data_dir is not None:
         d = Path(data_dir).expanduser()
         return [("data-dir", d / spec.name), ("data-dir", d)]
-    if spec.bundled:
-        return [("bundled", SAMPLE_DIR)]
     out: list[tuple[str, Path]] = []
     env = os.environ.get("MNISTLAB_DATA")
     if env:

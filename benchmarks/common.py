@@ -1,0 +1,32 @@
+"""Shared bits of the benchmarks: the machine's description and where the data is."""
+
+from __future__ import annotations
+
+import os
+import platform
+from pathlib import Path
+
+import torch
+
+SHARED_MNIST = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist"
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    cuda = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
+    return (f"{cpu}; {os.cpu_count()} cores; torch {torch.__version__} with "
+            f"{torch.get_num_threads()} threads; CUDA device: {cuda}; Python {platform.python_version()}")
+
+
+def default_data() -> tuple[str, str | None]:
+    """Full MNIST from ../shared when this checkout has it, else the bundled sample."""
+    if (SHARED_MNIST / "train-images-idx3-ubyte.gz").exists():
+        return "mnist", str(SHARED_MNIST)
+    return "mnist-sample", None
