@@ -71,8 +71,13 @@ def run_data(args: argparse.Namespace) -> int:
     if action == "verify":
         return _verify(verify(spec, args.data_dir))
     if action == "download":
-        located = download(spec, args.data_dir, progress=download_progress(),
-                           mirrors=args.mirror)
+        try:
+            located = download(spec, args.data_dir, progress=download_progress(),
+                               mirrors=args.mirror)
+        except DataError:
+            if sys.stderr.isatty():
+                print(file=sys.stderr)  # end a half-drawn progress bar before the error
+            raise
         print(f"{spec.name}: 4 files verified in {located.directory}")
         return 0
     if action == "path":
@@ -167,6 +172,6 @@ def download_progress(stream: TextIO | None = None) -> ProgressCallback:
             text = f"{filename} [{bar:<30}] {frac:4.0%} {done / 1e6:.1f}/{total / 1e6:.1f} MB"
         else:
             text = f"{filename} {done / 1e6:.1f} MB"
-        print("\r" + text, end="\n" if finished else "", file=out, flush=True)
+        print("\r" + text.ljust(72), end="\n" if finished else "", file=out, flush=True)
 
     return progress

@@ -90,6 +90,7 @@ def _coerce(value: Any, typ: Any, key: str) -> Any:
         inner = [a for a in args if a is not type(None)]
         return _coerce(value, inner[0], key)
     if origin is tuple:
+        parts: list[Any]
         if isinstance(value, str):
             parts = [p for p in value.replace("x", ",").split(",") if p.strip()]
         elif isinstance(value, (list, tuple)):

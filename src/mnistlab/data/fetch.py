@@ -117,6 +117,7 @@ def fetch_file(
                 raise _BadFile(f"md5 {md5} is not the published {fs.md5} (corrupt file)")
             if fs.sha256 is not None and sha != fs.sha256:
                 raise _BadFile(f"sha256 {sha} is not the published {fs.sha256} (corrupt file)")
+            os.chmod(tmp, 0o644)  # mkstemp makes it private; a dataset is for everyone to read
             os.replace(tmp, final)
             return final, failures
         except _BadFile as e:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -233,26 +233,35 @@ def _md5_sha256(path: Path) -> tuple[str, str]:
     return md5.hexdigest(), sha.hexdigest()
 
 
-def _check_checksum(fs: FileSpec, check: FileCheck, content_md5: Callable[[], str]) -> None:
-    """Compare the file as stored (or, failing that, its content) with the published checksums."""
+def _check_checksum(fs: FileSpec, check: FileCheck, arr: np.ndarray | None) -> None:
+    """Compare the file as stored (or, failing that, its content) with the published checksums.
+
+    The published .gz checksum is tried first; when it does not match (or the file is stored
+    uncompressed) the md5 of the IDX content is compared instead, so a repackaged .gz (Debian's
+    have a rewritten gzip header) or a gunzipped file is still checked, not just trusted.
+    """
     gz = is_gzip(check.path)
+    stored = ""
     if gz and fs.md5:
-        md5, sha = _md5_sha256(check.path)
-        if md5 == fs.md5 and (fs.sha256 is None or sha == fs.sha256):
+        stored, sha = _md5_sha256(check.path)
+        if stored == fs.md5 and (fs.sha256 is None or sha == fs.sha256):
             check.size_ok, check.checksum_ok = True, True
             check.checksum_note = "md5" + ("+sha256" if fs.sha256 else "") + " match the published file"
             return
-    if fs.raw_md5:
-        got = content_md5()
+    if fs.raw_md5 and arr is not None:
+        got = hashlib.md5(encode_idx(arr)).hexdigest()
         check.checksum_ok = got == fs.raw_md5
         if check.checksum_ok:
             check.checksum_note = "content md5 matches the published data" + (
                 " (gzip header differs from the published .gz)" if gz else "")
             return
         check.checksum_note = f"content md5 {got} differs from the published {fs.raw_md5}"
-    elif gz and fs.md5:
+    elif stored:
         check.checksum_ok = False
-        check.checksum_note = f"md5 {md5} differs from the published {fs.md5}"
+        check.checksum_note = f"md5 {stored} differs from the published {fs.md5}"
+    elif arr is None:
+        check.checksum_note = "not checked (the file cannot be read)"
+        return
     else:
         check.checksum_note = "no published checksum for this form of the file; header checks only"
         return
@@ -274,9 +283,7 @@ def _check_file(fs: FileSpec, path: Path, checksums: bool) -> tuple[FileCheck, n
     except DataError as e:
         check.problems.append(str(e))
     if checksums:
-        def content_md5() -> str:
-            return hashlib.md5(encode_idx(arr)).hexdigest() if arr is not None else "(unreadable)"
-        _check_checksum(fs, check, content_md5)
+        _check_checksum(fs, check, arr)
     if arr is not None:
         want_ndim = 3 if fs.role.endswith("images") else 1
         if arr.ndim != want_ndim or arr.dtype != np.uint8:

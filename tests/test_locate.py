@@ -1,0 +1,225 @@
+"""Finding datasets offline: lookup order, explicit folders, the bundled sample, real MNIST."""
+
+from __future__ import annotations
+
+import gzip
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mnistlab.data.locate import SAMPLE_DIR, candidate_dirs, load_arrays, locate, verify
+from mnistlab.data.registry import DATASETS, get_dataset
+from mnistlab.errors import DataError
+
+MNIST_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist"
+SAMPLE_NAMES = [fs.filename for fs in DATASETS["mnist-sample"].files]
+
+
+@pytest.fixture(autouse=True)
+def isolated_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Path]:
+    """Point every lookup place into tmp_path so the real machine's folders never interfere."""
+    places = {k: tmp_path / k for k in ("env", "xdg", "system", "explicit")}
+    monkeypatch.delenv("MNISTLAB_DATA", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(places["xdg"]))
+    monkeypatch.setenv("MNISTLAB_SYSTEM_DATA", str(places["system"]))
+    return places
+
+
+def put_mnist_like(folder: Path, *, uncompressed: bool = False) -> Path:
+    """Copy the bundled sample's files into ``folder`` (optionally gunzipped)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in SAMPLE_NAMES:
+        if uncompressed:
+            (folder / name.removesuffix(".gz")).write_bytes(gzip.decompress((SAMPLE_DIR / name).read_bytes()))
+        else:
+            shutil.copy(SAMPLE_DIR / name, folder / name)
+    return folder
+
+
+def test_candidate_order(isolated_env: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MNISTLAB_DATA", str(isolated_env["env"]))
+    got = candidate_dirs("mnist")
+    assert got == [
+        ("env", isolated_env["env"] / "mnist"),
+        ("env", isolated_env["env"]),
+        ("cache", isolated_env["xdg"] / "mnistlab" / "mnist"),
+        ("system", isolated_env["system"] / "mnist"),
+    ]
+    explicit = isolated_env["explicit"]
+    assert candidate_dirs("mnist", explicit) == [("data-dir", explicit / "mnist"), ("data-dir", explicit)]
+
+
+def test_home_cache_without_xdg(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert ("cache", tmp_path / "home" / ".cache" / "mnistlab" / "kmnist") in candidate_dirs("kmnist")
+
+
+def test_lookup_order_first_complete_folder_wins(
+    isolated_env: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    spec = "mnist"
+    system = put_mnist_like(isolated_env["system"] / spec)
+    assert locate(spec, download=False).source == "system"
+    cache = put_mnist_like(isolated_env["xdg"] / "mnistlab" / spec)
+    found = locate(spec, download=False)
+    assert (found.source, found.directory) == ("cache", cache)
+    monkeypatch.setenv("MNISTLAB_DATA", str(isolated_env["env"]))
+    env = put_mnist_like(isolated_env["env"], uncompressed=True)  # the folder itself, not env/mnist
+    found = locate(spec, download=False)
+    assert (found.source, found.directory) == ("env", env)
+    assert found.files["train_images"].name == "train-images-idx3-ubyte"
+    explicit = put_mnist_like(isolated_env["explicit"] / spec)  # the NAME/ subfolder
+    found = locate(spec, isolated_env["explicit"], download=False)
+    assert (found.source, found.directory) == ("data-dir", explicit)
+    assert system.is_dir()
+
+
+def test_incomplete_folder_is_skipped(isolated_env: dict[str, Path]) -> None:
+    cache = put_mnist_like(isolated_env["xdg"] / "mnistlab" / "mnist")
+    (cache / SAMPLE_NAMES[1]).unlink()
+    put_mnist_like(isolated_env["system"] / "mnist")
+    assert locate("mnist", download=False).source == "system"
+
+
+def test_explicit_data_dir_without_files_raises(isolated_env: dict[str, Path]) -> None:
+    put_mnist_like(isolated_env["xdg"] / "mnistlab" / "mnist")  # would be found without data_dir
+    explicit = isolated_env["explicit"]
+    explicit.mkdir()
+    (explicit / SAMPLE_NAMES[0]).write_bytes(b"")
+    with pytest.raises(DataError) as exc:
+        locate("mnist", explicit)
+    msg = str(exc.value)
+    for name in SAMPLE_NAMES:
+        assert name in msg
+    assert str(explicit / "mnist") in msg and str(explicit) in msg
+    assert "only 1 of 4 files" in msg
+    assert "--data-dir" in msg
+    assert "Download" not in msg  # an explicit folder is never replaced by a download
+
+
+def test_nothing_found_lists_every_place(isolated_env: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MNISTLAB_DATA", str(isolated_env["env"]))
+    with pytest.raises(DataError) as exc:
+        locate("kmnist", download=False)
+    msg = str(exc.value)
+    for _, folder in candidate_dirs("kmnist"):
+        assert str(folder) in msg
+    for text in ("train-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz", "MNISTLAB_DATA",
+                 "mnistlab data download kmnist", "download disabled"):
+        assert text in msg
+
+
+def test_bundled_sample_loads() -> None:
+    located = locate("mnist-sample")
+    assert located.source == "bundled"
+    arrays = load_arrays(located)
+    assert arrays["train_images"].shape == (4000, 28, 28)
+    assert arrays["test_images"].shape == (1000, 28, 28)
+    assert all(a.dtype == np.uint8 for a in arrays.values())
+    for part, per_class in (("train", 400), ("test", 100)):
+        assert np.bincount(arrays[f"{part}_labels"], minlength=10).tolist() == [per_class] * 10
+    assert get_dataset("mnist-sample").validation_size == 500
+    report = verify("mnist-sample")
+    assert report.ok and all(c.checksum_ok for c in report.files)
+
+
+def test_sample_in_data_dir_subfolder_or_bundled(isolated_env: dict[str, Path]) -> None:
+    explicit = isolated_env["explicit"]
+    put_mnist_like(explicit)  # files directly in the folder: not taken for the sample
+    assert locate("mnist-sample", explicit).source == "bundled"
+    sub = put_mnist_like(explicit / "mnist-sample", uncompressed=True)
+    found = locate("mnist-sample", explicit)
+    assert (found.source, found.directory) == ("data-dir", sub)
+    report = verify("mnist-sample", explicit)
+    assert report.ok, report.problems
+    assert "content md5" in report.files[0].checksum_note
+
+
+def test_verify_reports_a_corrupt_file(isolated_env: dict[str, Path]) -> None:
+    folder = put_mnist_like(isolated_env["explicit"] / "mnist-sample")
+    data = bytearray((folder / SAMPLE_NAMES[2]).read_bytes())
+    data[-8] ^= 1
+    (folder / SAMPLE_NAMES[2]).write_bytes(bytes(data))
+    report = verify("mnist-sample", isolated_env["explicit"])
+    assert not report.ok
+    assert [c.ok for c in report.files] == [True, True, False, True]
+    assert any(str(folder / SAMPLE_NAMES[2]) in p for p in report.problems)
+
+
+def test_unknown_name_suggests_nearest() -> None:
+    with pytest.raises(DataError, match="did you mean 'fashion-mnist'"):
+        get_dataset("fashion_mnst")
+
+
+def test_real_mnist_checksums() -> None:
+    if not MNIST_DIR.is_dir():
+        pytest.skip(f"real MNIST files not present at {MNIST_DIR} (the shared data folder)")
+    report = verify("mnist", MNIST_DIR)
+    assert report.ok, report.problems
+    assert all(c.checksum_ok and c.size_ok for c in report.files)
+    arrays = load_arrays(report.located)
+    assert arrays["train_images"].shape == (60000, 28, 28)
+    assert arrays["train_labels"][:10].tolist() == [5, 0, 4, 1, 9, 2, 1, 3, 1, 4]
+    assert arrays["test_labels"][:10].tolist() == [7, 2, 1, 0, 4, 1, 4, 9, 5, 9]
+
+
+def test_sample_images_are_genuine_mnist() -> None:
+    """Each bundled image is byte-identical to the MNIST training image recorded in indices.json."""
+    if not MNIST_DIR.is_dir():
+        pytest.skip(f"real MNIST files not present at {MNIST_DIR} (the shared data folder)")
+    import json
+
+    full = load_arrays(locate("mnist", MNIST_DIR))
+    sample = load_arrays(locate("mnist-sample"))
+    index = json.loads((SAMPLE_DIR / "indices.json").read_text())
+    for part in ("train", "test"):
+        idx = np.array(index[part])
+        np.testing.assert_array_equal(sample[f"{part}_images"], full["train_images"][idx])
+        np.testing.assert_array_equal(sample[f"{part}_labels"], full["train_labels"][idx])
+    assert len(set(index["train"]) | set(index["test"])) == 5000
+
+
+def run_cli(*argv: str) -> int:
+    import argparse
+
+    from mnistlab.apps.data_cmd import add_data_parser
+
+    parser = argparse.ArgumentParser(prog="mnistlab")
+    add_data_parser(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(list(argv))
+    return int(args.func(args))
+
+
+def test_cli_data_commands(isolated_env: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:
+    assert run_cli("data", "verify", "mnist-sample") == 0
+    out = capsys.readouterr().out
+    assert out.count("OK") == 4 and "all checks passed" in out
+    assert run_cli("data", "path", "mnist-sample") == 0
+    assert capsys.readouterr().out.strip() == str(SAMPLE_DIR)
+    assert run_cli("data", "list") == 0
+    table = capsys.readouterr().out
+    assert "mnist-sample" in table and "bundled" in table and "not found" in table
+    assert run_cli("data", "info", "kmnist") == 0
+    assert "CC BY-SA 4.0" in capsys.readouterr().out
+    folder = put_mnist_like(isolated_env["explicit"] / "mnist-sample")
+    (folder / SAMPLE_NAMES[1]).write_bytes(gzip.compress(b"\x00\x00\x08\x01\x00\x00\x00\x01\x0c"))
+    assert run_cli("data", "verify", "mnist-sample", "--data-dir", str(isolated_env["explicit"])) == 1
+    assert "FAIL" in capsys.readouterr().out
+    with pytest.raises(DataError, match="not found"):
+        run_cli("data", "path", "mnist", "--data-dir", str(isolated_env["explicit"]))
+
+
+def test_progress_output_without_tty() -> None:
+    import io
+
+    from mnistlab.apps.data_cmd import download_progress
+
+    buf = io.StringIO()
+    progress = download_progress(buf)
+    for done in (0, 500, 1000):
+        progress("a.gz", done, 1000)
+    progress("b.gz", 0, None)
+    assert buf.getvalue().splitlines() == ["downloading a.gz (0.0 MB)", "downloading b.gz"]
