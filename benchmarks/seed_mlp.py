@@ -21,7 +21,6 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import default_data, machine  # noqa: E402
-
 from mnistlab.config import resolve  # noqa: E402
 from mnistlab.data import Batcher, load_splits  # noqa: E402
 from mnistlab.models import build_model  # noqa: E402
