@@ -22,7 +22,10 @@ class EMA:
         self.decay = decay
         self.num_updates = 0
         self.params = list(params)
-        self.shadows = [p.detach().clone() for p in self.params]
+        # Detached views share the parameters' storage: they see every optimizer update, and
+        # building them once keeps the per-step cost to the single foreach call.
+        self._targets = [p.detach() for p in self.params]
+        self.shadows = [t.clone() for t in self._targets]
 
     @property
     def current_decay(self) -> float:
@@ -33,7 +36,7 @@ class EMA:
     def update(self) -> None:
         d = ema_decay_at(self.num_updates, self.decay)
         # shadow = d * shadow + (1 - d) * param  ==  lerp(shadow, param, 1 - d)
-        torch._foreach_lerp_(self.shadows, [p.detach() for p in self.params], 1.0 - d)
+        torch._foreach_lerp_(self.shadows, self._targets, 1.0 - d)
         self.num_updates += 1
 
     def state_dict(self) -> dict[str, Any]:

@@ -109,6 +109,8 @@ class Run:
     want_raw_eval: bool = False
     decay_steps: int = 1
     history: list[dict[str, Any]] = field(default_factory=list)
+    resume_hint: str = ""
+    """Set by the checkpoint callback on interrupt: where the state went and how to go on."""
 
     @property
     def is_main(self) -> bool:
@@ -153,6 +155,7 @@ class Run:
                 "validation_accuracy": self.validation_accuracy,
                 "best_validation_accuracy": self.best_validation_accuracy,
                 "best_step": self.best_step,
+                "last_loss": self.last_loss if math.isfinite(self.last_loss) else None,
             },
             "config": to_dict(self.config),
         }
@@ -182,6 +185,8 @@ class Run:
         self.validation_accuracy = metrics.get("validation_accuracy")
         self.best_validation_accuracy = metrics.get("best_validation_accuracy")
         self.best_step = metrics.get("best_step")
+        last_loss = metrics.get("last_loss")
+        self.last_loss = math.nan if last_loss is None else float(last_loss)
 
 
 def _numpy_rng_state() -> dict[str, Any]:
@@ -303,7 +308,7 @@ def _loop(run: Run) -> float:
 
         if run.step - window_start == t.log_every or run.step == t.steps:
             mean = _check_losses(run, strategy.reduce_losses(window[: run.step - window_start]), window_start)
-            run.last_loss = mean + float(l2_penalty(weights, o.l2)) if o.l2 else mean
+            run.last_loss = mean + float(strategy.global_penalty(l2_penalty(weights, o.l2))) if o.l2 else mean
             window_start = run.step
             record = {"step": run.step, "loss": run.last_loss, "data_loss": mean, "lr": run.lr,
                       "epoch": run.batcher.epoch,
@@ -317,7 +322,8 @@ def _loop(run: Run) -> float:
         if run.step < t.steps and strategy.all_true(run.stop_requested):
             for cb in run.callbacks:
                 cb.on_interrupt(run)
-            raise TrainingInterrupted(run.step, f"training stopped at step {run.step} of {t.steps}")
+            hint = f"; {run.resume_hint}" if run.resume_hint else ""
+            raise TrainingInterrupted(run.step, f"training stopped at step {run.step} of {t.steps}{hint}")
     elapsed = time.perf_counter() - begun
     run.history.append({"train_steps": run.step - start_step, "train_seconds": elapsed})
     return elapsed

@@ -1,0 +1,66 @@
+"""One PNG for ``mnistlab eval --plot``: the confusion matrix and the worst-misclassified digits.
+
+Drawn on a bare matplotlib ``Figure`` (no pyplot, no GUI backend), so it works on a server and in
+tests; written atomically like every file mnistlab produces.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+from mnistlab.io.checkpoint import atomic_write
+
+
+def worst_mistakes(probs: torch.Tensor, labels: torch.Tensor, count: int = 16) -> list[int]:
+    """Indices of misclassified examples, most confidently wrong first."""
+    predicted = probs.argmax(dim=1)
+    wrong = torch.nonzero(predicted != labels).flatten()
+    confidence = probs[wrong, predicted[wrong]]
+    order = torch.argsort(confidence, descending=True, stable=True)
+    return wrong[order][:count].tolist()
+
+
+def plot_evaluation(path: str | Path, confusion: Sequence[Sequence[int]], images: torch.Tensor,
+                    labels: torch.Tensor, probs: torch.Tensor, class_names: Sequence[str],
+                    title: str = "", count: int = 16) -> Path:
+    """Confusion matrix (left) and a grid of the ``count`` worst mistakes (right) as a PNG."""
+    from matplotlib.figure import Figure
+
+    n = len(class_names)
+    fig = Figure(figsize=(13, 6), dpi=100)
+    grid = fig.add_gridspec(4, 8, width_ratios=[1.2] * 4 + [1] * 4)
+    ax = fig.add_subplot(grid[:, :4])
+    cm = torch.tensor(confusion, dtype=torch.float64)
+    ax.imshow(cm.numpy(), cmap="Blues")
+    ax.set_xticks(range(n), list(class_names), rotation=45 if max(map(len, class_names)) > 2 else 0)
+    ax.set_yticks(range(n), list(class_names))
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title("confusion matrix")
+    peak = float(cm.max()) if cm.numel() else 0.0
+    for i in range(n):
+        for j in range(n):
+            value = int(cm[i, j])
+            if value:
+                ax.text(j, i, str(value), ha="center", va="center", fontsize=7,
+                        color="white" if value > peak / 2 else "black")
+    worst = worst_mistakes(probs, labels, count)
+    for k in range(count):
+        cell = fig.add_subplot(grid[k // 4, 4 + k % 4])
+        cell.axis("off")
+        if k >= len(worst):
+            continue
+        i = worst[k]
+        p = int(probs[i].argmax())
+        cell.imshow(images[i].reshape(28, 28).cpu().numpy(), cmap="gray", vmin=0, vmax=1)
+        cell.set_title(f"{class_names[int(labels[i])]} -> {class_names[p]} "
+                       f"({100 * float(probs[i, p]):.0f}%)", fontsize=8)
+    fig.suptitle(title or "evaluation")
+    fig.text(0.78, 0.01, "worst mistakes: true -> predicted (confidence)", ha="center", fontsize=8)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    return atomic_write(path, [buffer.getvalue()])
