@@ -19,11 +19,14 @@ the loop is handed. The loop asks the strategy to
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 from torch.func import functional_call
+
+if TYPE_CHECKING:
+    from mnistlab.config import Config
 
 MakeOptimizer = Callable[[list[torch.Tensor]], torch.optim.Optimizer]
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -47,6 +50,11 @@ class Strategy:
         return self.rank == 0
 
     # -- set-up ----------------------------------------------------------------------------------
+    def worker_config(self, config: Config, num_train: int) -> Config:
+        """The settings this process trains with; only asynchronous workers, which each run a
+        share of the updates, change them (``num_train``: training examples)."""
+        return config
+
     def prepare(self, model: nn.Module, make_optimizer: MakeOptimizer) -> None:
         self.model = model.to(self.device)
         self.optimizer = make_optimizer(list(self.model.parameters()))
@@ -137,6 +145,11 @@ class Strategy:
         self.optimizer.load_state_dict(state)
 
     # -- collectives (trivial for one process) ---------------------------------------------------
+    def global_penalty(self, local: torch.Tensor) -> torch.Tensor:
+        """The whole model's L2 penalty from the one over this rank's weights (pipeline stages
+        each hold some of the weights and add theirs up; every other mode holds them all)."""
+        return local
+
     def reduce_losses(self, losses: torch.Tensor) -> torch.Tensor:
         """Per-step losses of the whole global batch, on the main rank (ranks that hold a shard
         average them; under pipelining the last stage sends them)."""

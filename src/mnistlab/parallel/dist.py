@@ -1,0 +1,249 @@
+"""The process group every parallel mode runs on, and what all distributed strategies share.
+
+``torchrun`` (or ``mnistlab train --workers N``, which calls it) starts the processes and sets
+``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR`` and ``MASTER_PORT``; ``init_group`` reads
+them, picks the backend from the device (NCCL for CUDA, gloo for the CPU) and sets timeouts, so
+one command scales from a laptop to many machines::
+
+    torchrun --nproc-per-node 2 -m mnistlab train --parallel data
+    torchrun --nnodes 2 --node-rank 0 --rdzv-endpoint HOST:29400 -m mnistlab train --parallel data
+
+A group must never hang: collectives fail after ``MNISTLAB_DIST_TIMEOUT`` seconds (default 300),
+and sections that can stall without an error (gloo's batched send/receive under pipelining is
+known to) run under a ``Watchdog`` that stops the process, so torchrun stops the whole group.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import datetime
+import os
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from mnistlab.errors import ParallelError
+from mnistlab.parallel.base import Strategy
+
+TIMEOUT_ENV = "MNISTLAB_DIST_TIMEOUT"
+STEP_TIMEOUT_ENV = "MNISTLAB_STEP_TIMEOUT"
+HANG_EXIT_CODE = 3
+
+
+def under_torchrun() -> bool:
+    """True in a process that torchrun (or any launcher that sets the env:// variables) started."""
+    env = os.environ
+    return "TORCHELASTIC_RUN_ID" in env or ("RANK" in env and "WORLD_SIZE" in env)
+
+
+def _seconds(name: str, default: float) -> float:
+    raw = os.environ.get(name)
+    if raw is None:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ParallelError(f"{name}={raw!r} is not a number of seconds (e.g. {name}=120)") from None
+    if value <= 0:
+        raise ParallelError(f"{name} must be a positive number of seconds; got {raw}")
+    return value
+
+
+@dataclass(frozen=True)
+class GroupInfo:
+    rank: int
+    world_size: int
+    local_rank: int
+    local_world_size: int
+    backend: str
+    device: torch.device
+
+
+_OWNED = False  # whether this module created the default group (and so must destroy it)
+
+
+def init_group(device: str = "auto") -> GroupInfo:
+    """Join (or reuse) the default process group described by torchrun's environment.
+
+    ``device`` is ``train.device``: ``auto`` takes this process's GPU (``LOCAL_RANK``) when CUDA is
+    available, else the CPU. Backend: NCCL for CUDA, gloo for the CPU.
+    """
+    global _OWNED
+    env = os.environ
+    if not dist.is_available():
+        raise ParallelError("this torch build has no torch.distributed; parallel modes need it")
+    if not dist.is_initialized() and not under_torchrun():
+        raise ParallelError(
+            "a parallel mode needs processes started by torchrun: use `mnistlab train --parallel "
+            "MODE --workers N`, or `torchrun --nproc-per-node N -m mnistlab train --parallel MODE`"
+        )
+    local_rank = int(env.get("LOCAL_RANK", "0"))
+    use_cuda = (device in ("auto", "cuda") and torch.cuda.is_available()) or device.startswith("cuda:")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ParallelError("train.device asks for CUDA but torch sees no CUDA device")
+    if use_cuda:
+        torch.cuda.set_device(local_rank % torch.cuda.device_count())
+        place = torch.device("cuda", torch.cuda.current_device())
+    else:
+        place = torch.device("cpu")
+    if not dist.is_initialized():
+        timeout = datetime.timedelta(seconds=_seconds(TIMEOUT_ENV, 300.0))
+        backend = "nccl" if place.type == "cuda" else "gloo"
+        kwargs: dict[str, Any] = {"backend": backend, "timeout": timeout,
+                                  "rank": int(env["RANK"]), "world_size": int(env["WORLD_SIZE"])}
+        if place.type == "cuda":
+            kwargs["device_id"] = place
+        try:
+            dist.init_process_group(store=_attempt_store(timeout), **kwargs)
+        except Exception as exc:  # a rendezvous that cannot be reached, a port in use, ...
+            raise ParallelError(
+                f"cannot join the process group (MASTER_ADDR={env.get('MASTER_ADDR')}, "
+                f"MASTER_PORT={env.get('MASTER_PORT')}): {exc}; check that every node uses the "
+                "same --rdzv-endpoint and that the port is open"
+            ) from None
+        _OWNED = True
+        atexit.register(destroy_group)
+    return GroupInfo(
+        rank=dist.get_rank(),
+        world_size=dist.get_world_size(),
+        local_rank=local_rank,
+        local_world_size=int(env.get("LOCAL_WORLD_SIZE", str(dist.get_world_size()))),
+        backend=str(dist.get_backend()),
+        device=place,
+    )
+
+
+def _attempt_store(timeout: datetime.timedelta) -> dist.Store:
+    """The rendezvous store, with keys private to this restart of the group.
+
+    torchrun keeps one store for all restarts (``--max-restarts``); without a prefix per attempt,
+    a restarted worker can read a dead worker's address left by the previous attempt and fail to
+    connect. ``TORCHELASTIC_RESTART_COUNT`` names the attempt.
+    """
+    env = os.environ
+    agent_store = env.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
+    store = dist.TCPStore(
+        host_name=env.get("MASTER_ADDR", "127.0.0.1"), port=int(env.get("MASTER_PORT", "29500")),
+        world_size=int(env["WORLD_SIZE"]), is_master=not agent_store and env["RANK"] == "0",
+        timeout=timeout, multi_tenant=not agent_store)
+    return dist.PrefixStore(f"mnistlab/attempt-{env.get('TORCHELASTIC_RESTART_COUNT', '0')}", store)
+
+
+def destroy_group() -> None:
+    """Tear down the group this module created (idempotent; registered with ``atexit``)."""
+    global _OWNED
+    if _OWNED and dist.is_initialized():
+        with contextlib.suppress(Exception):
+            dist.destroy_process_group()
+    _OWNED = False
+
+
+def decorrelate_dropout(rank: int) -> None:
+    """Give each rank its own random stream (rank 0 keeps the one-process one).
+
+    Every rank was seeded alike so the models start equal; left so, dropout would draw the
+    same mask on every rank for different rows or units, correlating what should be independent.
+    (A resumed run restores the main rank's stream on every rank; the masks then coincide.)
+    """
+    if rank:
+        torch.manual_seed(torch.initial_seed() + rank)
+
+
+class Watchdog:
+    """Stops this process when a guarded section runs past its deadline.
+
+    A hang inside a C++ collective cannot be interrupted from Python; a daemon thread that
+    checks the deadline once a second and calls ``os._exit`` can. torchrun then sees a failed
+    worker and stops the others, so the whole group ends with one message instead of hanging.
+    """
+
+    def __init__(self, rank: int, seconds: float | None = None):
+        self.rank = rank
+        self.seconds = seconds if seconds is not None else _seconds(STEP_TIMEOUT_ENV, 300.0)
+        self._deadline: float | None = None
+        self._what = ""
+        self._thread = threading.Thread(target=self._watch, name="mnistlab-watchdog", daemon=True)
+        self._thread.start()
+
+    @contextlib.contextmanager
+    def guard(self, what: str) -> Iterator[None]:
+        self._what = what
+        self._deadline = time.monotonic() + self.seconds
+        try:
+            yield
+        finally:
+            self._deadline = None
+
+    def _watch(self) -> None:
+        while True:
+            time.sleep(min(1.0, self.seconds / 4))
+            deadline = self._deadline
+            if deadline is not None and time.monotonic() > deadline:
+                sys.stderr.write(
+                    f"mnistlab: error: rank {self.rank}: {self._what} did not finish within "
+                    f"{self.seconds:g} s (a peer stalled or a send/receive hung); stopping this "
+                    f"worker so the group ends (raise {STEP_TIMEOUT_ENV} if steps are that slow)\n")
+                sys.stderr.flush()
+                os._exit(HANG_EXIT_CODE)
+
+
+_WATCHDOG: Watchdog | None = None
+
+
+def watchdog(rank: int) -> Watchdog:
+    """This process's one watchdog (strategies come and go; the thread stays)."""
+    global _WATCHDOG
+    if _WATCHDOG is None:
+        _WATCHDOG = Watchdog(rank)
+    return _WATCHDOG
+
+
+class DistributedStrategy(Strategy):
+    """What every torch.distributed strategy shares: the group, the collectives, one writer."""
+
+    def __init__(self, device: str = "auto"):
+        info = init_group(device)
+        super().__init__(info.device)
+        self.info = info
+        self.rank = info.rank
+        self.world_size = info.world_size
+        self.main_rank = 0
+        self.watchdog = watchdog(info.rank)
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == self.main_rank
+
+    def reduce_losses(self, losses: torch.Tensor) -> torch.Tensor:
+        """The mean over ranks of each step's shard loss: the global batch's mean loss."""
+        total = losses.detach().clone()
+        dist.all_reduce(total, op=dist.ReduceOp.SUM)
+        return total / self.world_size
+
+    def broadcast_object(self, obj: Any) -> Any:
+        box = [obj if self.is_main else None]
+        dist.broadcast_object_list(box, src=self.main_rank)
+        return box[0]
+
+    def all_true(self, flag: bool) -> bool:
+        value = torch.tensor([1 if flag else 0], dtype=torch.int32, device=self._comm_device)
+        dist.all_reduce(value, op=dist.ReduceOp.MIN)
+        return bool(value.item())
+
+    def barrier(self) -> None:
+        dist.barrier()
+
+    def close(self) -> None:
+        destroy_group()
+
+    @property
+    def _comm_device(self) -> torch.device:
+        """Where small control tensors live: NCCL needs them on the GPU."""
+        return self.device if self.info.backend == "nccl" else torch.device("cpu")
