@@ -18,6 +18,12 @@ from mnistlab.errors import MnistlabError
 COMMANDS = [
     "mnistlab.apps.train_cmd",
     "mnistlab.apps.data_cmd",
+    "mnistlab.apps.board_cmd",
+    "mnistlab.apps.plot_cmd",
+    "mnistlab.apps.doctor",
+    "mnistlab.apps.eval_cmd",
+    "mnistlab.apps.predict_cmd",
+    "mnistlab.apps.export_cmd",
 ]
 
 
@@ -42,7 +48,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except MnistlabError as exc:
-        print(f"mnistlab: error: {exc}", file=sys.stderr)
+        kind = "" if exc.exit_code == 130 else "error: "  # a stop the user asked for
+        print(f"mnistlab: {kind}{exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print("mnistlab: interrupted", file=sys.stderr)

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
 from mnistlab.config import PRESETS, Config, all_keys, resolve, set_value, to_toml, validate
-from mnistlab.errors import ConfigError, DataError
+from mnistlab.config.schema import PARALLEL_MODES, SCHEDULES
+from mnistlab.errors import CheckpointError, ConfigError, DataError
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -43,36 +45,200 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 
 # -- checkpoints and resume (io.checkpoint) --------------------------------------------------------
+# Settings a resumed run may change without changing what it computes (docs/model-saving.md).
+RESUME_SAFE = ("train.steps", "train.eval_every", "train.log_every", "train.device", "train.threads",
+               "data.data_dir", "data.download", "checkpoint.", "tracking.", "parallel.")
+
+
 def add_checkpoint_args(p: argparse.ArgumentParser) -> None:
     """Flags for checkpoints and resume."""
+    g = p.add_argument_group("checkpoints and resume (RUN/checkpoints/step-*.pt, best.pt)")
+    g.add_argument("--resume", metavar="DIR|FILE|auto",
+                   help="continue a run exactly from its latest checkpoint (a run folder), a "
+                        "checkpoint file, or auto: the latest run in runs/ with the same settings "
+                        "(a new run if there is none); the settings come from the checkpoint")
+    g.add_argument("--checkpoint-every", type=int, metavar="N", default=None,
+                   help="steps between checkpoints, plus one at the end (default 1000; 0: only "
+                        "the end)")
+    g.add_argument("--keep", type=int, metavar="K", default=None,
+                   help="how many of the latest checkpoints to keep (default 3; best.pt stays too)")
 
 
 def checkpoint_callbacks(args: argparse.Namespace, config: Config, run_dir: Path) -> list[Any]:
-    return []
+    from mnistlab.io.checkpoint import CheckpointCallback
+
+    c = config.checkpoint
+    return [CheckpointCallback(run_dir, every=c.every, keep=c.keep)]
+
+
+def _explicit_settings(args: argparse.Namespace, config: Config) -> dict[str, Any]:
+    """``{key: value}`` for what this command line sets itself (values as resolved in ``config``)."""
+    from mnistlab.config import flat_dict
+
+    keys = [item.split("=", 1)[0].strip() for item in args.overrides if "=" in item]
+    flags = {"dataset": "data.dataset", "data_dir": "data.data_dir", "device": "train.device",
+             "checkpoint_every": "checkpoint.every", "keep": "checkpoint.keep",
+             "parallel": "parallel.mode", "workers": "parallel.workers",
+             "schedule": "parallel.schedule", "microbatches": "parallel.microbatches"}
+    keys += [key for flag, key in flags.items() if getattr(args, flag, None) is not None]
+    flat = flat_dict(config)
+    return {key: flat[key] for key in keys if key in flat}
+
+
+def _say(text: str) -> None:
+    """One line on stderr from the first process only (every worker of a parallel run resumes)."""
+    if os.environ.get("RANK", "0") == "0":
+        print(f"mnistlab: {text}", file=sys.stderr)
+
+
+def _is_safe(key: str) -> bool:
+    return any(key == s or (s.endswith(".") and key.startswith(s)) for s in RESUME_SAFE)
+
+
+def _same_run(saved: dict[str, Any], config: Config) -> bool:
+    """Whether a saved config describes the same computation as ``config`` (for --resume auto)."""
+    from mnistlab.config import flat_dict, from_dict
+
+    try:
+        ours, theirs = flat_dict(config), flat_dict(from_dict(saved))
+    except ConfigError:
+        return False
+    return all(ours[k] == theirs.get(k) for k in ours if not _is_safe(k)
+               and not (k == "data.dataset" and ours[k] == "auto"))
+
+
+def _auto_checkpoint(args: argparse.Namespace, config: Config) -> Path | None:
+    """The latest checkpoint of the newest run with the same settings (``--run-dir`` if given)."""
+    from mnistlab.io.checkpoint import checkpoint_folder, read_header, step_checkpoints
+
+    if args.run_dir:
+        found = step_checkpoints(checkpoint_folder(args.run_dir))
+        return found[-1][1] if found else None
+    candidates = []
+    for run in Path("runs").iterdir() if Path("runs").is_dir() else []:
+        found = step_checkpoints(checkpoint_folder(run))
+        if found:
+            candidates.append((found[-1][1].stat().st_mtime, found[-1][1]))
+    for _, path in sorted(candidates, reverse=True):
+        try:
+            header, _ = read_header(path)
+        except CheckpointError:
+            continue
+        if isinstance(header.get("config"), dict) and _same_run(header["config"], config):
+            return path
+    return None
 
 
 def resume_state(args: argparse.Namespace, config: Config) -> tuple[Config, dict[str, Any] | None]:
-    """The state to resume from (and the config it was saved with), or ``None``."""
-    return config, None
+    """The state to resume from (and the config it was saved with), or ``None``.
+
+    The checkpoint's own settings win, so ``--resume DIR`` needs no other flag; settings given on
+    this command line apply on top only where they cannot change the result (``RESUME_SAFE``, e.g.
+    ``--set train.steps=`` to extend a run). The run goes on in the folder it came from."""
+    from mnistlab.config import flat_dict
+    from mnistlab.io.checkpoint import load_checkpoint, resolve_checkpoint
+
+    for flag, key in (("checkpoint_every", "checkpoint.every"), ("keep", "checkpoint.keep")):
+        if getattr(args, flag, None) is not None:
+            config = validate(set_value(config, key, getattr(args, flag)))
+    spec = getattr(args, "resume", None)
+    if not spec:
+        return config, None
+    if spec == "auto":
+        path = _auto_checkpoint(args, config)
+        if path is None:
+            _say("--resume auto: no earlier run with these settings; starting a new one")
+            return config, None
+    else:
+        if args.config:
+            raise ConfigError("--config cannot be combined with --resume DIR|FILE: a resumed run "
+                              "keeps its checkpoint's settings (change safe ones with --set)")
+        path = resolve_checkpoint(spec)
+    ckpt = load_checkpoint(path)
+    resumed = ckpt.config
+    if args.preset and args.preset != resumed.preset and spec != "auto":
+        raise ConfigError(f"{path} is a {resumed.preset} run, not {args.preset}; drop --preset "
+                          "to resume it, or start a new run")
+    saved = flat_dict(resumed)
+    for key, value in _explicit_settings(args, config).items():
+        if value == saved.get(key) or (key == "data.dataset" and value == "auto"):
+            continue
+        if not _is_safe(key):
+            raise ConfigError(f"cannot change {key} when resuming {path} (it was "
+                              f"{saved.get(key)!r}; the result would no longer be the same run): "
+                              "start a new run instead")
+        resumed = set_value(resumed, key, value)
+    resumed = validate(resumed)
+    if not args.run_dir and ckpt.run_dir is not None:
+        args.run_dir = str(ckpt.run_dir)
+    note = "" if ckpt.step < resumed.train.steps else (
+        f" (it already reached train.steps={resumed.train.steps:,}; add --set train.steps=N to go on)")
+    _say(f"resuming from {path} at step {ckpt.step:,}{note}")
+    return resumed, ckpt.state
 
 
 # -- tracking (io.tracking) --------------------------------------------------------------------------
 def add_tracking_args(p: argparse.ArgumentParser) -> None:
     """Flags for TensorBoard and metrics files."""
+    p.add_argument("--tensorboard", action="store_true",
+                   help="also start TensorBoard on the run folder (127.0.0.1) and print its address")
+    p.add_argument("--tensorboard-port", type=int, default=None, metavar="PORT",
+                   help="port for --tensorboard (default: 6006, or a free one if it is taken)")
+    p.add_argument("--no-tensorboard", action="store_true",
+                   help="write no TensorBoard events (same as --set tracking.tensorboard=false)")
 
 
 def tracking_callbacks(args: argparse.Namespace, config: Config, run_dir: Path) -> list[Any]:
-    return []
+    """TensorBoard events and metrics.jsonl in ``run_dir``; with --tensorboard, a live server."""
+    from mnistlab.io.tracking import TrackingCallback
+
+    no_events = getattr(args, "no_tensorboard", False)
+    if no_events and getattr(args, "tensorboard", False):
+        raise ConfigError("--tensorboard and --no-tensorboard contradict each other: pick one")
+    events = False if no_events else (True if getattr(args, "tensorboard", False) else None)
+    callbacks: list[Any] = [TrackingCallback(run_dir, tensorboard=events)]
+    if getattr(args, "tensorboard", False):
+        from mnistlab.apps.board_cmd import BoardCallback
+
+        callbacks.append(BoardCallback(run_dir, port=args.tensorboard_port))
+    return callbacks
 
 
 # -- parallel modes (parallel) -----------------------------------------------------------------------
 def add_parallel_args(p: argparse.ArgumentParser) -> None:
-    """Flags for the parallel modes."""
+    """Flags for the parallel modes (docs/parallel.md)."""
+    g = p.add_argument_group("parallel training (under torchrun, or --workers N local processes)")
+    g.add_argument("--parallel", metavar="MODE", choices=list(PARALLEL_MODES), default=None,
+                   help="none (default); data: synchronous data parallel (DDP); async: Hogwild "
+                        "workers on shared memory, one machine; tensor: dense layers split across "
+                        "workers (DTensor); pipeline: consecutive stages on different workers")
+    g.add_argument("--workers", type=int, metavar="N", default=None,
+                   help="start N local worker processes (through torch.distributed.run); under "
+                        "torchrun the group's size is torchrun's and this is ignored")
+    g.add_argument("--schedule", choices=list(SCHEDULES), default=None,
+                   help="pipeline schedule: gpipe (all forwards, then all backwards) or 1f1b")
+    g.add_argument("--microbatches", type=int, metavar="M", default=None,
+                   help="pipeline micro-batches per step; must divide train.batch_size")
+
+
+def _parallel_overrides(args: argparse.Namespace, config: Config) -> Config:
+    for flag, key in (("parallel", "parallel.mode"), ("workers", "parallel.workers"),
+                      ("schedule", "parallel.schedule"), ("microbatches", "parallel.microbatches")):
+        value = getattr(args, flag, None)
+        if value is not None:
+            config = set_value(config, key, value)
+    p = config.parallel
+    if p.workers > 1 and p.mode == "none":
+        raise ConfigError(f"--workers {p.workers} needs a parallel mode: add --parallel data "
+                          "(or async, tensor, pipeline)")
+    return validate(config)
 
 
 def make_strategy(args: argparse.Namespace, config: Config) -> Any:
     """The strategy for ``config.parallel.mode``; ``None`` means one process."""
-    return None
+    from mnistlab.parallel import make_parallel_strategy
+
+    return make_parallel_strategy(config)
 
 
 def new_run_dir(config: Config) -> Path:
@@ -134,15 +300,20 @@ def load_data(config: Config, *, quiet: bool = False) -> tuple[Config, Any]:
 
 def run_train(args: argparse.Namespace) -> int:
     from mnistlab.io.console import ConsoleCallback, summary_table
+    from mnistlab.parallel.launch import launch, wants_launch
     from mnistlab.train import train
 
-    config = config_from_args(args)
+    config = _parallel_overrides(args, config_from_args(args))
+    if wants_launch(config.parallel.mode):  # start the workers, each re-running this command
+        return launch(sys.argv[1:], config.parallel.workers, config.parallel.mode)
     config, state = resume_state(args, config)
     strategy = make_strategy(args, config)
     is_main = strategy is None or strategy.is_main
     config, data = load_data(config, quiet=args.quiet or not is_main)
     run_dir = prepare_run_dir(Path(args.run_dir) if args.run_dir else new_run_dir(config), config,
                               is_main)
+    if strategy is not None:  # async workers each run a share of the updates
+        config = strategy.worker_config(config, len(data.train))
     callbacks = [ConsoleCallback(quiet=args.quiet)]
     callbacks += checkpoint_callbacks(args, config, run_dir)
     callbacks += tracking_callbacks(args, config, run_dir)

@@ -1,7 +1,7 @@
 """Progress for long work: a live bar with rate and ETA on a terminal, plain lines elsewhere.
 
 On a terminal the bar redraws in place at most ten times a second; when output goes to a file or
-CI it prints a plain line every ``every`` seconds, so logs stay readable.
+CI it prints a plain line every ``every`` seconds and one at the end, so logs stay readable.
 """
 
 from __future__ import annotations
@@ -95,8 +95,11 @@ class Progress:
             self.stream.flush()
 
     def close(self) -> None:
+        """Leave the final state on screen (a last plain line when not on a terminal)."""
         if not self.enabled:
             return
         if self.tty and self._drawn:
             self.stream.write("\r\033[K" + self.line() + "\n")
+        elif not self.tty and self.n > self.start_n:
+            self.stream.write(self.line() + "\n")
         self.stream.flush()

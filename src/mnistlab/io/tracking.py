@@ -1,0 +1,399 @@
+"""TensorBoard events and a ``metrics.jsonl`` for every run, written by one callback.
+
+What lands in the run folder (main rank only; DESIGN §5):
+
+- scalars ``train/loss`` (mean of the last ``log_every`` steps, L2 included), ``train/loss_smoothed``,
+  ``train/data_loss``, ``train/learning_rate``, ``train/batch_accuracy``, ``train/ema_decay``,
+  ``train/epoch``, ``train/steps_per_second``; ``validation/accuracy`` (EMA weights),
+  ``validation/accuracy_raw``, ``validation/best_accuracy``; ``test/accuracy`` at the end;
+- ``weights/<name>`` and ``gradients/<name>`` histograms every ``tracking.histogram_every`` steps;
+- ``validation/misclassified``: a captioned grid of misclassified validation digits per evaluation;
+- the model graph once, and the resolved config with the final metrics in the hparams plugin;
+- ``metrics.jsonl``: one JSON object per logged step, line-buffered, so scripts need no TensorBoard
+  and a crash loses at most the line being written.
+
+Cost is kept off the hot loop: nothing here runs between log, evaluation and histogram steps
+except an integer comparison. Train-batch accuracy is the accuracy of the current weights on the
+batch just trained on (recovered from the batcher, so the loop needs no extra hook): one forward
+pass of ``batch_size`` images per log step. The misclassified grid comes from the first
+``MISCLASSIFIED_POOL`` validation images, so it costs a tenth of an evaluation. The raw-weight
+validation the callback asks the loop for is the largest cost (~2-3% of training time at the
+defaults; the hooks themselves ~1.5%), as ``benchmarks/tracking.py`` measures.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+import torch
+
+from mnistlab.config import flat_dict
+from mnistlab.errors import MnistlabError
+from mnistlab.io.callbacks import Callback
+from mnistlab.io.plots import METRICS_FILE
+from mnistlab.models import build_model
+
+MISCLASSIFIED_POOL = 500
+"""Validation images searched for the misclassified grid (the whole split costs a full evaluation)."""
+GRID_TILES = 24
+HISTOGRAM_BINS = 64
+"""Equal-width bins: TensorBoard re-bins for display anyway, and ``add_histogram``'s default
+``"tensorflow"`` buckets cost ~10x more (tens of ms for the 392k weights of seed-mlp)."""
+SMOOTHING = 0.9
+"""Weight of the past in ``train/loss_smoothed`` (a debiased moving average over log points)."""
+
+
+class TrackingError(MnistlabError):
+    """Metrics cannot be written, read or shown (run folder, metrics.jsonl, TensorBoard)."""
+
+
+class MetricsFile:
+    """Append-only JSON Lines, one object per line, flushed at each newline (line buffering)."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        try:
+            torn = _ends_torn(path)
+            self._file: IO[str] | None = open(path, "a", buffering=1, encoding="utf-8")  # noqa: SIM115
+            if torn:  # a crash cut the last line: end it, so the resumed run's lines stay whole
+                self._file.write("\n")
+        except OSError as exc:
+            raise TrackingError(f"cannot write {path}: {exc.strerror or exc}") from None
+
+    def write(self, record: dict[str, Any]) -> None:
+        if self._file is not None:
+            self._file.write(json.dumps(record, allow_nan=False, default=_plain) + "\n")
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+
+def _ends_torn(path: Path) -> bool:
+    """Does the file end in the middle of a line (a crash while writing it)?"""
+    if not path.exists() or path.stat().st_size == 0:
+        return False
+    with open(path, "rb") as f:
+        f.seek(-1, 2)
+        return f.read(1) != b"\n"
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, (torch.Tensor, np.generic)):
+        return value.item()
+    return str(value)
+
+
+def _finite(record: dict[str, Any]) -> dict[str, Any]:
+    """JSON has no NaN: such values become ``null``."""
+    return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in record.items()}
+
+
+def misclassified_grid(images: np.ndarray, labels: np.ndarray, predicted: np.ndarray,
+                       cols: int = 8, scale: int = 2) -> np.ndarray:
+    """An ``H x W`` uint8 grid of digits, each captioned ``"7 as 1"`` (true as predicted).
+    Grayscale: TensorBoard's writer checksums every byte in pure Python, so bytes cost time."""
+    from PIL import Image, ImageDraw
+
+    side, caption = 28 * scale, 12
+    n = len(images)
+    rows = max(1, math.ceil(n / cols))
+    grid = Image.new("L", (cols * (side + 2), rows * (side + caption + 2)), 60)
+    draw = ImageDraw.Draw(grid)
+    for i in range(n):
+        digit = (np.clip(images[i].reshape(28, 28), 0, 1) * 255).astype(np.uint8)
+        tile = Image.fromarray(digit, mode="L").resize((side, side), Image.Resampling.NEAREST)
+        x, y = (i % cols) * (side + 2) + 1, (i // cols) * (side + caption + 2) + 1
+        grid.paste(tile, (x, y + caption))
+        draw.text((x + 2, y), f"{labels[i]} as {predicted[i]}", fill=255)
+    return np.asarray(grid)
+
+
+@torch.no_grad()
+def histogram_proto(tensor: torch.Tensor, bins: int = HISTOGRAM_BINS) -> Any:
+    """TensorBoard's ``HistogramProto`` of ``tensor``, computed by torch on its own device (a few
+    passes and one small copy, instead of ``add_histogram``'s full copy to numpy)."""
+    from tensorboard.compat.proto.summary_pb2 import HistogramProto
+
+    v = tensor.detach().flatten().float()
+    low, high = (float(x) for x in torch.aminmax(v))
+    if not (math.isfinite(low) and math.isfinite(high)):
+        v = v[torch.isfinite(v)]
+        if v.numel() == 0:
+            return HistogramProto(num=float(tensor.numel()))
+        low, high = (float(x) for x in torch.aminmax(v))
+    top = high if high > low else low + 1e-6
+    counts = torch.histc(v, bins=bins, min=low, max=top)
+    edges = torch.linspace(low, top, bins + 1, dtype=torch.float64)[1:]
+    return HistogramProto(min=low, max=high, num=float(v.numel()), sum=float(v.sum()),
+                          sum_squares=float(v.dot(v)), bucket_limit=edges.tolist(),
+                          bucket=counts.cpu().tolist())
+
+
+def hparam_values(config: Any) -> dict[str, bool | int | float | str]:
+    """The resolved config as values the hparams plugin accepts (lists and ``None`` as text)."""
+    out: dict[str, bool | int | float | str] = {}
+    for key, value in flat_dict(config).items():
+        out[key] = value if isinstance(value, (bool, int, float, str)) else str(value)
+    return out
+
+
+class TrackingCallback(Callback):
+    """Writes TensorBoard events and ``metrics.jsonl`` into ``run_dir``.
+
+    Collective work (predictions for batch accuracy and the misclassified grid) runs on every rank
+    in the same order; only the main rank writes. ``tensorboard`` / ``jsonl`` / ``histogram_every``
+    default to the run's ``[tracking]`` settings.
+    """
+
+    def __init__(self, run_dir: str | Path, *, tensorboard: bool | None = None,
+                 jsonl: bool | None = None, histogram_every: int | None = None,
+                 flush_secs: int = 10):
+        self.run_dir = Path(run_dir)
+        self._tb_flag, self._jsonl_flag, self._hist_flag = tensorboard, jsonl, histogram_every
+        self.flush_secs = flush_secs
+        self.tensorboard = self.jsonl = False
+        self.histogram_every = 0
+        self.writer: Any = None
+        self.metrics: MetricsFile | None = None
+        self._pending: dict[str, Any] | None = None
+        self._smoothed = 0.0
+        self._smoothing_weight = 0.0
+        self._began = 0.0
+        self._last_log: tuple[int, float] | None = None
+
+    # -- set-up ----------------------------------------------------------------------------------
+    def on_start(self, run: Any) -> None:
+        cfg = run.config.tracking
+        self.tensorboard = cfg.tensorboard if self._tb_flag is None else self._tb_flag
+        self.jsonl = cfg.jsonl if self._jsonl_flag is None else self._jsonl_flag
+        every = cfg.histogram_every if self._hist_flag is None else self._hist_flag
+        self.histogram_every = every if self.tensorboard else 0
+        if self.tensorboard:
+            run.want_raw_eval = True  # on every rank: the raw evaluation is collective
+        self._began = time.perf_counter()
+        self._last_log = (run.step, self._began)
+        if not run.is_main:
+            return
+        try:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise TrackingError(f"cannot create the run folder {self.run_dir}: "
+                                f"{exc.strerror or exc}") from None
+        if self.jsonl:
+            self.metrics = MetricsFile(self.run_dir / METRICS_FILE)
+        if self.tensorboard:
+            # Imported here, once, so their first use inside the loop costs no import time.
+            import PIL.ImageDraw  # noqa: F401
+            import tensorboard.compat.proto.summary_pb2  # noqa: F401
+            from torch.utils.tensorboard import SummaryWriter
+
+            # purge_step: after a resume, TensorBoard drops events a crashed run wrote past it.
+            self.writer = SummaryWriter(log_dir=str(self.run_dir), purge_step=run.step or None,
+                                        flush_secs=self.flush_secs)
+            if run.step == 0:
+                self._write_graph(run)
+
+    def _write_graph(self, run: Any) -> None:
+        """The graph of a fresh CPU copy of the architecture: tracing the placed model could
+        reach into DDP or DTensor collectives on one rank only. Tracing failures never stop
+        training."""
+        try:
+            model = build_model(run.config.model, num_classes=run.data.num_classes).eval()
+            sample = run.data.train.images[:1].detach().to("cpu")
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                self.writer.add_graph(model, sample)
+        except Exception as exc:  # noqa: BLE001 - the graph is a nicety, training is not
+            print(f"mnistlab: TensorBoard graph skipped ({type(exc).__name__}: {exc})",
+                  file=sys.stderr)
+
+    # -- every log_every steps -------------------------------------------------------------------
+    def _batch_accuracy(self, run: Any) -> float | None:
+        """Accuracy of the current weights on the batch just trained on (collective)."""
+        batcher = run.batcher
+        if batcher is None:
+            return None
+        end = batcher.index_in_epoch
+        # A batch that crossed an epoch boundary is represented by its part in the new epoch.
+        idx = batcher.perm[max(0, end - batcher.batch_size): end]
+        if idx.numel() == 0:
+            return None
+        train = run.data.train
+        idx = idx.to(train.images.device)
+        predicted = run.strategy.predict(train.images.index_select(0, idx))
+        if predicted is None or not run.is_main:
+            return None
+        labels = train.labels.index_select(0, idx)
+        return float((predicted == labels.to(predicted.device)).float().mean())
+
+    def on_log(self, run: Any, record: dict[str, Any]) -> None:
+        if not (self.tensorboard or self.jsonl):
+            return
+        accuracy = self._batch_accuracy(run)
+        if not run.is_main:
+            return
+        now = time.perf_counter()
+        last_step, last_time = self._last_log or (run.step, now)
+        rate = (run.step - last_step) / (now - last_time) if now > last_time else None
+        self._last_log = (run.step, now)
+        loss = record["loss"]
+        self._smoothing_weight = SMOOTHING * self._smoothing_weight + (1 - SMOOTHING)
+        self._smoothed = SMOOTHING * self._smoothed + (1 - SMOOTHING) * loss
+        smoothed = self._smoothed / self._smoothing_weight
+        entry = dict(record, loss_smoothed=smoothed, train_accuracy=accuracy,
+                     steps_per_second=rate, elapsed=round(now - self._began, 3))
+        self._flush_pending()
+        self._pending = entry
+        if self.writer is not None:
+            step, w = run.step, self.writer
+            w.add_scalar("train/loss", loss, step)
+            w.add_scalar("train/loss_smoothed", smoothed, step)
+            w.add_scalar("train/data_loss", record["data_loss"], step)
+            w.add_scalar("train/learning_rate", record["lr"], step)
+            w.add_scalar("train/epoch", record["epoch"], step)
+            if record.get("ema_decay") is not None:
+                w.add_scalar("train/ema_decay", record["ema_decay"], step)
+            if accuracy is not None:
+                w.add_scalar("train/batch_accuracy", accuracy, step)
+            if rate is not None:
+                w.add_scalar("train/steps_per_second", rate, step)
+
+    # -- every eval_every steps ------------------------------------------------------------------
+    def on_eval(self, run: Any, record: dict[str, Any]) -> None:
+        grid = self._misclassified(run) if self.tensorboard else None
+        if not run.is_main:
+            return
+        fields = {k: v for k, v in record.items() if k != "step"}
+        if self._pending is not None and self._pending.get("step") == record["step"]:
+            self._pending.update(fields)
+        else:
+            self._flush_pending()
+            self._pending = {"step": record["step"], **fields,
+                             "elapsed": round(time.perf_counter() - self._began, 3)}
+        if self.writer is None:
+            return
+        step, w = record["step"], self.writer
+        w.add_scalar("validation/accuracy", record["validation_accuracy"], step)
+        if record.get("validation_accuracy_raw") is not None:
+            w.add_scalar("validation/accuracy_raw", record["validation_accuracy_raw"], step)
+        if record.get("best_validation_accuracy") is not None:
+            w.add_scalar("validation/best_accuracy", record["best_validation_accuracy"], step)
+        if grid is not None:
+            self._add_png("validation/misclassified", grid, step)
+
+    def _add_png(self, tag: str, image: np.ndarray, step: int) -> None:
+        """An ``H x W`` (gray) or ``H x W x 3`` uint8 image as a TensorBoard image summary,
+        PNG-encoded by Pillow at low compression: ``SummaryWriter.add_image`` spends ~5x longer."""
+        from PIL import Image
+        from tensorboard.compat.proto.summary_pb2 import Summary
+
+        buffer = io.BytesIO()
+        Image.fromarray(image).save(buffer, format="PNG", compress_level=1)
+        height, width = image.shape[:2]
+        png = Summary.Image(height=height, width=width, colorspace=1 if image.ndim == 2 else 3,
+                            encoded_image_string=buffer.getvalue())
+        self.writer._get_file_writer().add_summary(
+            Summary(value=[Summary.Value(tag=tag, image=png)]), step)
+
+    def _misclassified(self, run: Any) -> np.ndarray | None:
+        """Predict the first validation images with the EMA weights (collective); on the main
+        rank, a grid of up to ``GRID_TILES`` wrong ones, or ``None`` when none is wrong."""
+        val = run.data.validation
+        images, labels = val.images[:MISCLASSIFIED_POOL], val.labels[:MISCLASSIFIED_POOL]
+        params = run.ema.shadows if run.ema is not None else None
+        predicted = run.strategy.predict(images, params)  # predict switches to eval mode itself
+        if predicted is None or not run.is_main:
+            return None
+        labels = labels.to(predicted.device)
+        wrong = (predicted != labels).nonzero().flatten()[:GRID_TILES]
+        if wrong.numel() == 0:
+            return None
+        return misclassified_grid(images.index_select(0, wrong.to(images.device)).cpu().numpy(),
+                                  labels[wrong].cpu().numpy(), predicted[wrong].cpu().numpy())
+
+    # -- every histogram_every steps, and bookkeeping after each step ----------------------------
+    def on_step(self, run: Any) -> None:
+        if self._pending is not None:
+            self._flush_pending()
+        if self.histogram_every and run.step % self.histogram_every == 0 and self.writer is not None:
+            self._histograms(run)
+
+    @torch.no_grad()
+    def _histograms(self, run: Any) -> None:
+        """This rank's parameters and their gradients (still in ``.grad`` right after the step:
+        the next step zeroes them). Under tensor or pipeline parallelism these are the main rank's
+        shards."""
+        from tensorboard.compat.proto.summary_pb2 import Summary
+
+        values = []
+        for name, param in run.strategy.local_parameters():
+            local = param.to_local() if hasattr(param, "to_local") else param
+            values.append(Summary.Value(tag=f"weights/{name}", histo=histogram_proto(local)))
+            if param.grad is not None:
+                grad = param.grad.to_local() if hasattr(param.grad, "to_local") else param.grad
+                values.append(Summary.Value(tag=f"gradients/{name}", histo=histogram_proto(grad)))
+        self.writer._get_file_writer().add_summary(Summary(value=values), run.step)
+
+    def _flush_pending(self) -> None:
+        if self._pending is not None and self.metrics is not None:
+            self.metrics.write(_finite(self._pending))
+        self._pending = None
+
+    # -- the end -----------------------------------------------------------------------------------
+    def on_end(self, run: Any, result: Any) -> None:
+        if not run.is_main:
+            return
+        self._flush_pending()
+        summary = result.summary()
+        if self.metrics is not None:
+            final = {"step": run.step, "test_accuracy": summary.get("test_accuracy"),
+                     "best_validation_accuracy": summary.get("best_validation_accuracy"),
+                     "samples_per_second": summary.get("samples_per_second"),
+                     "elapsed": round(time.perf_counter() - self._began, 3)}
+            self.metrics.write(_finite(final))
+        if self.writer is not None:
+            if summary.get("test_accuracy") is not None:
+                self.writer.add_scalar("test/accuracy", summary["test_accuracy"], run.step)
+            self._write_hparams(run, summary)
+        self._close()
+
+    def _write_hparams(self, run: Any, summary: dict[str, Any]) -> None:
+        """The hparams plugin's experiment, session start and end, in this run's own folder
+        (``SummaryWriter.add_hparams`` would put them in a new sub-run named by the clock)."""
+        from torch.utils.tensorboard.summary import hparams
+
+        names = ("test_accuracy", "validation_accuracy", "best_validation_accuracy",
+                 "samples_per_second")
+        metrics = {f"hparams/{k}": float(summary[k]) for k in names if summary.get(k) is not None}
+        metrics["hparams/steps"] = float(run.step)
+        experiment, start, end = hparams(hparam_values(run.config), metrics)
+        file_writer = self.writer._get_file_writer()
+        for proto in (experiment, start, end):
+            file_writer.add_summary(proto)
+        for tag, value in metrics.items():
+            self.writer.add_scalar(tag, value, run.step)
+
+    def _close(self) -> None:
+        self._flush_pending()
+        if self.metrics is not None:
+            self.metrics.close()
+            self.metrics = None
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None
+
+    def on_interrupt(self, run: Any) -> None:
+        self._close()
+
+    def on_failure(self, run: Any, error: BaseException) -> None:
+        self._close()

@@ -1,0 +1,61 @@
+"""The real TensorBoard server, on a free 127.0.0.1 port, serves the run's scalars."""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+
+import pytest
+
+from mnistlab.apps.board_cmd import free_port, start_board
+from mnistlab.apps.cli import main
+from mnistlab.io.plots import read_metrics
+from mnistlab.io.tracking import TrackingCallback
+from mnistlab.train import train
+
+from .conftest import small_config
+
+
+def fetch_json(url: str):
+    with urllib.request.urlopen(url, timeout=5) as response:
+        return json.loads(response.read())
+
+
+def test_server_serves_the_runs_scalars(sample_splits, tmp_path):
+    runs = tmp_path / "runs"
+    config = small_config("seed-softmax", "train.steps=30", "train.log_every=10",
+                          "train.eval_every=15", "tracking.histogram_every=0")
+    train(config, sample_splits, callbacks=[TrackingCallback(runs / "r1")])
+    expected = {r["step"]: r["loss"] for r in read_metrics(runs / "r1") if "loss" in r}
+
+    board = start_board(runs, port=free_port(), log=tmp_path / "tb.log", wait=90)
+    try:
+        assert board.url.startswith("http://127.0.0.1:")
+        query = urllib.parse.urlencode({"run": "r1", "tag": "train/loss"})
+        points = None
+        deadline = time.monotonic() + 60  # the first load of the logdir runs in the background
+        while time.monotonic() < deadline:
+            try:
+                points = fetch_json(f"{board.url}data/plugin/scalars/scalars?{query}")
+                if len(points) == len(expected):
+                    break
+            except urllib.error.HTTPError:
+                pass
+            time.sleep(0.5)
+        assert points, f"no scalars from {board.url}; log: {board.log.read_text()[-500:]}"
+        served = {step: value for _wall, step, value in points}
+        assert sorted(served) == sorted(expected) == [10, 20, 30]
+        for step, value in expected.items():
+            assert served[step] == pytest.approx(value, rel=1e-6)
+        assert "r1" in fetch_json(f"{board.url}data/runs")
+    finally:
+        board.stop()
+    assert board.process.poll() is not None
+
+
+def test_board_command_rejects_a_missing_folder(tmp_path, capsys):
+    assert main(["board", str(tmp_path / "nowhere")]) == 1
+    assert "is not a folder" in capsys.readouterr().err

@@ -1,0 +1,143 @@
+"""TensorBoard events and metrics.jsonl, read back with TensorBoard's own EventAccumulator."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import pytest
+from PIL import Image
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tensorboard.plugins.hparams import metadata as hparams_metadata
+
+from mnistlab.apps.cli import main
+from mnistlab.io.plots import read_metrics
+from mnistlab.io.tracking import TrackingCallback, misclassified_grid
+from mnistlab.train import train
+
+from .conftest import small_config
+
+STEPS, LOG, EVAL, HIST = 60, 20, 30, 30
+KEEP_ALL = {"scalars": 0, "images": 0, "histograms": 0, "tensors": 0}
+
+
+@pytest.fixture(scope="module")
+def tracked(sample_splits, tmp_path_factory):
+    """One short seed-mlp run with every kind of event; shared by the tests below."""
+    run_dir = tmp_path_factory.mktemp("run")
+    config = small_config("seed-mlp", f"train.steps={STEPS}", f"train.log_every={LOG}",
+                          f"train.eval_every={EVAL}", f"tracking.histogram_every={HIST}")
+    result = train(config, sample_splits, callbacks=[TrackingCallback(run_dir)])
+    events = EventAccumulator(str(run_dir), size_guidance=KEEP_ALL)
+    events.Reload()
+    return run_dir, result, events, read_metrics(run_dir)
+
+
+def scalars(events, tag):
+    return {e.step: e.value for e in events.Scalars(tag)}
+
+
+def test_scalars_match_metrics_jsonl(tracked):
+    _, result, events, records = tracked
+    logged = [r for r in records if "loss" in r]
+    assert [r["step"] for r in logged] == [20, 40, 60]
+    for tag, key in [("train/loss", "loss"), ("train/data_loss", "data_loss"),
+                     ("train/learning_rate", "lr"), ("train/ema_decay", "ema_decay"),
+                     ("train/loss_smoothed", "loss_smoothed"),
+                     ("train/batch_accuracy", "train_accuracy")]:
+        values = scalars(events, tag)
+        assert sorted(values) == [20, 40, 60], tag
+        for r in logged:
+            assert values[r["step"]] == pytest.approx(r[key], rel=1e-5, abs=1e-7), (tag, r)
+    assert all(0.0 <= r["train_accuracy"] <= 1.0 for r in logged)
+    assert logged[0]["loss"] > logged[-1]["loss"]  # it learns
+    # the smoothed loss starts at the raw one, then lags behind it
+    assert logged[0]["loss_smoothed"] == pytest.approx(logged[0]["loss"])
+
+
+def test_validation_ema_and_raw(tracked):
+    _, result, events, records = tracked
+    ema, raw = scalars(events, "validation/accuracy"), scalars(events, "validation/accuracy_raw")
+    assert sorted(ema) == sorted(raw) == [30, 60]
+    evals = {r["step"]: r for r in records if "validation_accuracy" in r}
+    for step in (30, 60):
+        assert ema[step] == pytest.approx(evals[step]["validation_accuracy"])
+        assert raw[step] == pytest.approx(evals[step]["validation_accuracy_raw"])
+    assert ema[60] == pytest.approx(result.validation_accuracy)
+    assert scalars(events, "test/accuracy")[60] == pytest.approx(result.test.accuracy)
+    final = records[-1]
+    assert final["test_accuracy"] == pytest.approx(result.test.accuracy)
+
+
+def test_jsonl_one_object_per_logged_step(tracked):
+    run_dir, _, _, records = tracked
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    assert len(lines) == len(records)
+    # logs at 20, 40, 60; evaluations at 30 (a line of its own) and 60 (merged); the final line
+    assert [r["step"] for r in records] == [20, 30, 40, 60, 60]
+    step60 = [r for r in records if r["step"] == 60 and "loss" in r][0]
+    assert step60["validation_accuracy"] is not None  # log and evaluation merged in one line
+    assert all(json.loads(line)["step"] for line in lines)
+
+
+def test_histograms_images_graph(tracked):
+    _, _, events, _ = tracked
+    tags = events.Tags()
+    for name in ("hidden1.linear.weight", "hidden1.linear.bias", "logits.weight"):
+        for kind in ("weights", "gradients"):
+            assert [e.step for e in events.Histograms(f"{kind}/{name}")] == [30, 60]
+    grad = events.Histograms("gradients/logits.weight")[-1].histogram_value
+    assert grad.num == 500 * 10 and grad.max > grad.min
+    images = events.Images("validation/misclassified")
+    assert [i.step for i in images] == [30, 60]
+    png = Image.open(io.BytesIO(images[0].encoded_image_string))
+    assert png.size == (images[0].width, images[0].height) and png.width > 100
+    assert tags["graph"] is True
+    assert any(node.op for node in events.Graph().node)
+
+
+def test_hparams_with_final_metrics(tracked):
+    _, result, events, _ = tracked
+    content = events.PluginTagToContent("hparams")
+    experiment = hparams_metadata.parse_experiment_plugin_data(
+        content[hparams_metadata.EXPERIMENT_TAG])
+    assert {"optim.lr", "model.hidden", "train.steps"} <= {h.name for h in experiment.hparam_infos}
+    assert "hparams/test_accuracy" in {m.name.tag for m in experiment.metric_infos}
+    start = hparams_metadata.parse_session_start_info_plugin_data(
+        content[hparams_metadata.SESSION_START_INFO_TAG])
+    assert start.hparams["optim.lr"].number_value == pytest.approx(0.1)
+    assert start.hparams["preset"].string_value == "seed-mlp"
+    assert scalars(events, "hparams/test_accuracy")[60] == pytest.approx(result.test.accuracy)
+
+
+def test_jsonl_only_writes_no_events(sample_splits, tmp_path):
+    config = small_config("seed-mlp", "train.steps=20", "train.log_every=10", "train.eval_every=20",
+                          "tracking.tensorboard=false")
+    train(config, sample_splits, callbacks=[TrackingCallback(tmp_path)])
+    assert not list(tmp_path.glob("events.out.tfevents.*"))
+    records = read_metrics(tmp_path)
+    assert [r["step"] for r in records if "loss" in r] == [10, 20]
+    assert records[1]["validation_accuracy_raw"] is None  # raw weights are only evaluated for TB
+
+
+def test_train_command_writes_events(tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    code = main(["train", "--preset", "seed-softmax", "--dataset", "mnist-sample", "--quiet",
+                 "--json", "--run-dir", str(run_dir), "--set", "train.steps=20",
+                 "--set", "train.log_every=10", "--set", "train.eval_every=10"])
+    assert code == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    events = EventAccumulator(str(run_dir))
+    events.Reload()
+    assert scalars(events, "validation/accuracy")[20] == pytest.approx(
+        summary["validation_accuracy"])
+    assert [r["step"] for r in read_metrics(run_dir)][:2] == [10, 20]
+
+
+def test_misclassified_grid_shape():
+    import numpy as np
+
+    images = np.random.default_rng(0).random((10, 784), dtype=np.float32)
+    grid = misclassified_grid(images, np.arange(10), np.arange(10)[::-1], cols=4)
+    assert grid.dtype == np.uint8 and grid.ndim == 2
+    assert grid.shape[1] == 4 * (56 + 2) and grid.shape[0] == 3 * (56 + 12 + 2)
