@@ -1,9 +1,12 @@
-"""`mnistlab predict` on real image files made from genuine MNIST *test* digits.
+"""`mnistlab predict` on real image files made from genuine MNIST digits.
 
-Each of the bundled sample's 1,000 test digits is written as a photograph-like file: upscaled
+1,000 digits are written as photograph-like files: upscaled
 to various sizes, dark ink on light paper or light on dark, off-centre on a large noisy canvas,
 JPEG-compressed in colour, RGBA and grey+alpha on a transparent ground. The preprocessing must
-give the digits back so the model reads them as it reads the originals.
+give the digits back so the model reads them as it reads the originals. Without ../shared the
+digits are the bundled sample's 1,000 held-out digits (from MNIST's training file, never trained
+on); with full MNIST beside the checkout, the 95% bar is checked on the first 1,000 digits of
+MNIST's real test file.
 """
 
 from __future__ import annotations
@@ -70,15 +73,20 @@ def photo_like(digit: np.ndarray, kind: int, rng: np.random.Generator, folder: P
     return path
 
 
+def make_photos(images: torch.Tensor, labels: torch.Tensor,
+                folder: Path) -> tuple[list[Path], torch.Tensor, torch.Tensor]:
+    """Digits as files (kinds in turn), with their labels and originals."""
+    rng = np.random.default_rng(0)
+    digits = images.reshape(-1, 28, 28).numpy()
+    paths = [photo_like(d, i % len(KINDS), rng, folder, f"{i:04d}") for i, d in enumerate(digits)]
+    return paths, labels, images
+
+
 @pytest.fixture(scope="module")
 def photos(sample_splits, tmp_path_factory) -> tuple[list[Path], torch.Tensor, torch.Tensor]:
-    """The 1,000 sample test digits as files (kinds in turn), their labels and originals."""
-    folder = tmp_path_factory.mktemp("photos")
-    rng = np.random.default_rng(0)
+    """The sample's 1,000 held-out digits as files."""
     test = sample_splits.test
-    digits = test.images.reshape(-1, 28, 28).numpy()
-    paths = [photo_like(d, i % len(KINDS), rng, folder, f"{i:04d}") for i, d in enumerate(digits)]
-    return paths, test.labels, test.images
+    return make_photos(test.images, test.labels, tmp_path_factory.mktemp("photos"))
 
 
 def read_back(paths: list[Path]) -> torch.Tensor:
@@ -132,16 +140,19 @@ def test_predict_on_photos_with_sample_model(sample_splits, photos, photos_read_
 
 
 @pytest.mark.slow
-def test_predict_on_photos_at_least_95_percent(shared_mnist, photos, photos_read_back, tmp_path,
-                                               capsys):
-    """The issue's bar: a seed-mlp checkpoint recovers at least 95% of the photographed labels."""
+def test_predict_on_photos_at_least_95_percent(shared_mnist, tmp_path, capsys):
+    """The issue's bar: a seed-mlp checkpoint recovers at least 95% of the labels of photographed
+    digits from MNIST's real test file."""
     from mnistlab.data import load_splits
 
     data = load_splits("mnist", shared_mnist)
+    (tmp_path / "photos").mkdir()
+    test_photos = make_photos(data.test.images[:1000], data.test.labels[:1000],
+                              tmp_path / "photos")
     config = resolve("seed-mlp", None, ["train.steps=2000", "train.eval_every=1000",
                                         "train.device=cpu"])
-    train(config, data, callbacks=[CheckpointCallback(tmp_path, every=0)])
-    figures = accuracy_on(tmp_path, photos, photos_read_back)
+    train(config, data, callbacks=[CheckpointCallback(tmp_path / "run", every=0)])
+    figures = accuracy_on(tmp_path / "run", test_photos, read_back(test_photos[0]))
     report(capsys, "predict, seed-mlp (2,000 steps) on full MNIST", figures)
     assert figures["files"] >= 0.95
 
