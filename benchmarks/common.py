@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 import platform
 from pathlib import Path
@@ -30,3 +31,21 @@ def default_data() -> tuple[str, str | None]:
     if (SHARED_MNIST / "train-images-idx3-ubyte.gz").exists():
         return "mnist", str(SHARED_MNIST)
     return "mnist-sample", None
+
+
+def add_run_args(parser: argparse.ArgumentParser, *, steps: int, repeats: int) -> None:
+    """The flags every in-process benchmark takes."""
+    parser.add_argument("--steps", type=int, default=steps)
+    parser.add_argument("--repeats", type=int, default=repeats)
+    parser.add_argument("--dataset", default=None)
+    parser.add_argument("--data-dir", default=None)
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: its default)")
+
+
+def start(args: argparse.Namespace) -> tuple[str, str | None]:
+    """Apply --threads, print the machine, and return the dataset to use."""
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    dataset, data_dir = default_data()
+    print(f"machine: {machine()}")
+    return args.dataset or dataset, args.data_dir or data_dir

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import default_data, machine  # noqa: E402
+from common import add_run_args, start  # noqa: E402
 from mnistlab.config import resolve  # noqa: E402
 from mnistlab.data import Batcher, load_splits  # noqa: E402
 from mnistlab.models import build_model  # noqa: E402
@@ -65,17 +65,9 @@ def bare_loop(data, steps: int, seed: int) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=2000)
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--dataset", default=None)
-    parser.add_argument("--data-dir", default=None)
-    parser.add_argument("--threads", type=int, default=0)
+    add_run_args(parser, steps=2000, repeats=3)
     args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    dataset, data_dir = default_data()
-    dataset, data_dir = args.dataset or dataset, args.data_dir or data_dir
-    print(f"machine: {machine()}")
+    dataset, data_dir = start(args)
 
     began = time.perf_counter()
     data = load_splits(dataset, data_dir)

@@ -30,7 +30,7 @@ from typing import Any
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import default_data, machine  # noqa: E402
+from common import add_run_args, start  # noqa: E402
 from mnistlab.config import resolve  # noqa: E402
 from mnistlab.data import load_splits  # noqa: E402
 from mnistlab.io.callbacks import Callback  # noqa: E402
@@ -86,18 +86,10 @@ class RawEvalTimer(Strategy):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=2000)
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--dataset", default=None)
-    parser.add_argument("--data-dir", default=None)
+    add_run_args(parser, steps=2000, repeats=5)
     parser.add_argument("--device", default="cpu", help="cpu (default), cuda or auto")
-    parser.add_argument("--threads", type=int, default=0)
     args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    dataset, data_dir = default_data()
-    dataset, data_dir = args.dataset or dataset, args.data_dir or data_dir
-    print(f"machine: {machine()}")
+    dataset, data_dir = start(args)
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available()
                           else "cpu" if args.device == "auto" else args.device)
     data = load_splits(dataset, data_dir, device=device)
