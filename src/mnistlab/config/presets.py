@@ -46,7 +46,7 @@ def lenet() -> Config:
                           dropout=0.5),
         optim=OptimConfig(name="momentum", lr=0.01, momentum=0.9, lr_decay=0.95, staircase=True,
                           l2=5e-4, ema_decay=0.99),
-        train=TrainConfig(steps=6000, batch_size=100, eval_every=500),
+        train=TrainConfig(steps=10_000, batch_size=100, eval_every=500),
     )
 
 
