@@ -149,11 +149,11 @@ def test_predict_on_photos_at_least_95_percent(shared_mnist, tmp_path, capsys):
     (tmp_path / "photos").mkdir()
     test_photos = make_photos(data.test.images[:1000], data.test.labels[:1000],
                               tmp_path / "photos")
-    config = resolve("seed-mlp", None, ["train.steps=2000", "train.eval_every=1000",
+    config = resolve("seed-mlp", None, ["train.steps=5000", "train.eval_every=1000",
                                         "train.device=cpu"])
     train(config, data, callbacks=[CheckpointCallback(tmp_path / "run", every=0)])
     figures = accuracy_on(tmp_path / "run", test_photos, read_back(test_photos[0]))
-    report(capsys, "predict, seed-mlp (2,000 steps) on full MNIST", figures)
+    report(capsys, "predict, seed-mlp (5,000 steps) on full MNIST", figures)
     assert figures["files"] >= 0.95
 
 
