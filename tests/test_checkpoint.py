@@ -286,3 +286,41 @@ def test_ctrl_c_saves_and_resume_finishes(tmp_path):
                           env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout.strip().splitlines()[-1])["steps"] == stopped + 10
+
+
+def test_second_ctrl_c_exits_at_once_and_corrupts_nothing(tmp_path):
+    """Two SIGINTs in quick succession while checkpoints are being written often: the process
+    ends promptly, and every checkpoint left in the folder is whole and loadable."""
+    run_dir = tmp_path / "run"
+    env = {**os.environ, "PYTHONPATH": SRC, "MNISTLAB_DATA": ""}
+    cmd = [sys.executable, "-m", "mnistlab", "train", "--dataset", "mnist-sample", "--quiet",
+           "--set", "tracking.tensorboard=false", "--run-dir", str(run_dir),
+           "--checkpoint-every", "5", "--keep", "2", "--set", "train.steps=1000000",
+           "--set", "train.eval_every=5"]
+    child = subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not step_checkpoints(run_dir / "checkpoints"):
+            assert child.poll() is None, child.stderr.read() if child.stderr else ""
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        child.send_signal(signal.SIGINT)
+        time.sleep(0.01)
+        child.send_signal(signal.SIGINT)
+        _, err = child.communicate(timeout=60)
+    finally:
+        child.kill()
+    assert child.returncode == 130, err
+    assert "Traceback" not in err
+    files = sorted((run_dir / "checkpoints").glob("*.pt"))
+    assert files
+    for path in files:
+        assert load_checkpoint(path).step > 0
+    # A save cut short leaves at most its hidden temp file, which the next run removes.
+    leftovers = list((run_dir / "checkpoints").glob(".*.tmp"))
+    resumed = subprocess.run([sys.executable, "-m", "mnistlab", "train", "--resume", str(run_dir),
+                              "--set", "train.steps=1", "--quiet",
+                              "--set", "tracking.tensorboard=false"],
+                             env=env, capture_output=True, text=True, timeout=120)
+    assert resumed.returncode == 0, resumed.stderr
+    assert not any(p.exists() for p in leftovers)

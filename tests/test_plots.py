@@ -10,7 +10,8 @@ import pytest
 from PIL import Image
 
 from mnistlab.apps.cli import main
-from mnistlab.io.plots import PlotError, load_curves, plot_runs, read_metrics
+from mnistlab.errors import TrackingError
+from mnistlab.io.plots import load_curves, plot_runs, read_metrics
 
 
 def fake_run(folder, lr0: float, torn: bool = False):
@@ -67,5 +68,5 @@ def test_damaged_middle_line_is_an_error(tmp_path):
     text = (run / "metrics.jsonl").read_text().splitlines()
     text[3] = "garbage"
     (run / "metrics.jsonl").write_text("\n".join(text) + "\n")
-    with pytest.raises(PlotError, match="line 4"):
+    with pytest.raises(TrackingError, match="line 4"):
         read_metrics(run)

@@ -29,5 +29,9 @@ class TrainingError(MnistlabError):
     """Training cannot go on (for instance the loss became NaN)."""
 
 
+class TrackingError(MnistlabError):
+    """Metrics cannot be written, read, plotted or shown (metrics.jsonl, TensorBoard, plots)."""
+
+
 class ParallelError(MnistlabError):
     """A parallel run cannot start or a worker failed."""

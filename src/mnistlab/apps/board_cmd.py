@@ -24,15 +24,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from mnistlab.errors import MnistlabError
+from mnistlab.errors import MnistlabError, TrackingError
 from mnistlab.io.callbacks import Callback
 
 DEFAULT_PORT = 6006
 
 
 def _error(message: str) -> MnistlabError:
-    from mnistlab.io.tracking import TrackingError  # imports torch: not at `mnistlab --help`
-
     return TrackingError(message)
 
 

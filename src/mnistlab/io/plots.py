@@ -14,13 +14,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mnistlab.errors import MnistlabError
+from mnistlab.errors import TrackingError
 
 METRICS_FILE = "metrics.jsonl"  # the name io.tracking writes
-
-
-class PlotError(MnistlabError):
-    """A run has no readable metrics, or the figure cannot be written."""
 
 
 @dataclass
@@ -48,10 +44,10 @@ def read_metrics(path: str | Path) -> list[dict[str, Any]]:
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
     except FileNotFoundError:
-        raise PlotError(f"{path} does not exist: is it a run folder of `mnistlab train` "
+        raise TrackingError(f"{path} does not exist: is it a run folder of `mnistlab train` "
                         "(with tracking.jsonl = true)?") from None
     except OSError as exc:
-        raise PlotError(f"cannot read {path}: {exc.strerror or exc}") from None
+        raise TrackingError(f"cannot read {path}: {exc.strerror or exc}") from None
     records = []
     for number, line in enumerate(lines, start=1):
         if not line.strip():
@@ -61,7 +57,7 @@ def read_metrics(path: str | Path) -> list[dict[str, Any]]:
         except json.JSONDecodeError:
             if number == len(lines) or (line.startswith("{") and not line.rstrip().endswith("}")):
                 continue  # a line a crash interrupted (a resumed run writes on after it)
-            raise PlotError(f"{path}, line {number}: not JSON; the file is damaged") from None
+            raise TrackingError(f"{path}, line {number}: not JSON; the file is damaged") from None
         if isinstance(record, dict) and "step" in record:
             records.append(record)
     return records
@@ -71,7 +67,7 @@ def load_curves(run: str | Path, label: str | None = None) -> Curves:
     path = metrics_path(run)
     records = read_metrics(path)
     if not records:
-        raise PlotError(f"{path} holds no metrics yet (training logs every train.log_every steps)")
+        raise TrackingError(f"{path} holds no metrics yet (training logs every train.log_every steps)")
     name = label or (path.parent.name if path.name == METRICS_FILE else path.stem)
     series: dict[str, dict[int, float]] = {k: {} for k in
                                            ("loss", "loss_smoothed", "validation_accuracy",
@@ -111,7 +107,7 @@ def plot_runs(runs: list[str | Path], output: str | Path, *, title: str | None =
     import matplotlib.pyplot as plt
 
     if not runs:
-        raise PlotError("name at least one run folder (or metrics.jsonl) to plot")
+        raise TrackingError("name at least one run folder (or metrics.jsonl) to plot")
     paths = [Path(r) for r in runs]
     all_curves = [load_curves(p, label) for p, label in zip(paths, _unique_labels(paths),
                                                             strict=True)]
@@ -150,7 +146,7 @@ def plot_runs(runs: list[str | Path], output: str | Path, *, title: str | None =
         out.parent.mkdir(parents=True, exist_ok=True)
         fig.savefig(out, dpi=dpi)
     except OSError as exc:
-        raise PlotError(f"cannot write the figure {out}: {exc.strerror or exc}") from None
+        raise TrackingError(f"cannot write the figure {out}: {exc.strerror or exc}") from None
     finally:
         plt.close(fig)
     return out

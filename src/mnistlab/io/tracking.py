@@ -36,7 +36,7 @@ import numpy as np
 import torch
 
 from mnistlab.config import flat_dict
-from mnistlab.errors import MnistlabError
+from mnistlab.errors import TrackingError
 from mnistlab.io.callbacks import Callback
 from mnistlab.io.plots import METRICS_FILE
 from mnistlab.models import build_model
@@ -49,10 +49,6 @@ HISTOGRAM_BINS = 64
 ``"tensorflow"`` buckets cost ~10x more (tens of ms for the 392k weights of seed-mlp)."""
 SMOOTHING = 0.9
 """Weight of the past in ``train/loss_smoothed`` (a debiased moving average over log points)."""
-
-
-class TrackingError(MnistlabError):
-    """Metrics cannot be written, read or shown (run folder, metrics.jsonl, TensorBoard)."""
 
 
 class MetricsFile:
