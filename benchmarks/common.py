@@ -22,8 +22,10 @@ def machine() -> str:
     except OSError:
         pass
     cuda = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
-    return (f"{cpu}; {os.cpu_count()} cores; torch {torch.__version__} with "
-            f"{torch.get_num_threads()} threads; CUDA device: {cuda}; Python {platform.python_version()}")
+    return (
+        f"{cpu}; {os.cpu_count()} cores; torch {torch.__version__} with "
+        f"{torch.get_num_threads()} threads; CUDA device: {cuda}; Python {platform.python_version()}"
+    )
 
 
 def default_data() -> tuple[str, str | None]:

@@ -35,11 +35,16 @@ def configurations(max_workers: int) -> list[dict[str, Any]]:
     for n in (2, 4, 8):
         if n > max_workers:
             break
-        rows += [{"mode": "data", "workers": n}, {"mode": "async", "workers": n},
-                 {"mode": "tensor", "workers": n}]
+        rows += [
+            {"mode": "data", "workers": n},
+            {"mode": "async", "workers": n},
+            {"mode": "tensor", "workers": n},
+        ]
     if max_workers >= 2:
-        rows += [{"mode": "pipeline", "workers": 2, "schedule": "gpipe", "microbatches": 4},
-                 {"mode": "pipeline", "workers": 2, "schedule": "1f1b", "microbatches": 4}]
+        rows += [
+            {"mode": "pipeline", "workers": 2, "schedule": "gpipe", "microbatches": 4},
+            {"mode": "pipeline", "workers": 2, "schedule": "1f1b", "microbatches": 4},
+        ]
     return rows
 
 
@@ -71,13 +76,24 @@ def worker(args: argparse.Namespace) -> None:
             elif run.step == self.end and self.prof is not None:
                 self.prof.__exit__(None, None, None)
                 wall = _now() - self.began
-                comm = sum(e.cpu_time_total for e in self.prof.key_averages()
-                           if e.key.startswith(("gloo:", "nccl:"))) / 1e6
+                comm = (
+                    sum(
+                        e.cpu_time_total
+                        for e in self.prof.key_averages()
+                        if e.key.startswith(("gloo:", "nccl:"))
+                    )
+                    / 1e6
+                )
                 self.comm_share = min(1.0, comm / wall) if wall > 0 else 0.0
 
-    overrides = [f"train.steps={args.steps}", f"train.eval_every={args.steps}",
-                 f"train.threads={args.threads}", f"parallel.mode={args.mode}",
-                 f"parallel.schedule={args.schedule}", f"parallel.microbatches={args.microbatches}"]
+    overrides = [
+        f"train.steps={args.steps}",
+        f"train.eval_every={args.steps}",
+        f"train.threads={args.threads}",
+        f"parallel.mode={args.mode}",
+        f"parallel.schedule={args.schedule}",
+        f"parallel.microbatches={args.microbatches}",
+    ]
     config = resolve("seed-mlp", None, overrides)
     data = load_splits(args.dataset, args.data_dir)
     strategy = make_parallel_strategy(config)
@@ -88,10 +104,17 @@ def worker(args: argparse.Namespace) -> None:
     if strategy is None or strategy.is_main:
         total_steps = args.steps  # async: all workers' updates together
         seconds = result.train_seconds
-        Path(args.out).write_text(json.dumps({
-            "steps_per_s": total_steps / seconds, "samples_per_s": total_steps * 100 / seconds,
-            "comm_share": window.comm_share, "test_accuracy": result.test.accuracy if result.test
-            else None, "threads": torch.get_num_threads()}))
+        Path(args.out).write_text(
+            json.dumps(
+                {
+                    "steps_per_s": total_steps / seconds,
+                    "samples_per_s": total_steps * 100 / seconds,
+                    "comm_share": window.comm_share,
+                    "test_accuracy": result.test.accuracy if result.test else None,
+                    "threads": torch.get_num_threads(),
+                }
+            )
+        )
 
 
 def _now() -> float:
@@ -102,17 +125,37 @@ def _now() -> float:
 
 # -- the driver ----------------------------------------------------------------------------------
 def run_one(row: dict[str, Any], args: argparse.Namespace, out: Path) -> dict[str, Any]:
-    common = ["--worker", "--mode", row["mode"], "--steps", str(args.steps), "--threads",
-              str(args.threads), "--dataset", args.dataset, "--out", str(out),
-              "--schedule", row.get("schedule", "gpipe"),
-              "--microbatches", str(row.get("microbatches", 1))]
+    common = [
+        "--worker",
+        "--mode",
+        row["mode"],
+        "--steps",
+        str(args.steps),
+        "--threads",
+        str(args.threads),
+        "--dataset",
+        args.dataset,
+        "--out",
+        str(out),
+        "--schedule",
+        row.get("schedule", "gpipe"),
+        "--microbatches",
+        str(row.get("microbatches", 1)),
+    ]
     if args.data_dir:
         common += ["--data-dir", args.data_dir]
     if row["mode"] == "none":
         cmd = [sys.executable, str(HERE), *common]
     else:
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-               f"--nproc-per-node={row['workers']}", str(HERE), *common]
+        cmd = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            f"--nproc-per-node={row['workers']}",
+            str(HERE),
+            *common,
+        ]
     env = os.environ | {"OMP_NUM_THREADS": str(args.threads)}
     done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=1800)
     if done.returncode != 0:
@@ -140,23 +183,30 @@ def main() -> None:
         worker(args)
         return
     print(f"machine: {machine()}")
-    print(f"seed-mlp on {args.dataset}, {args.steps} steps of 100 (async: updates of all workers "
-          f"together), {args.threads} torch thread(s) per process, gloo on the CPU")
-    header = (f"{'mode':<22} {'workers':>7} {'steps/s':>9} {'samples/s':>10} {'comm':>6} "
-              f"{'test acc':>9}")
+    print(
+        f"seed-mlp on {args.dataset}, {args.steps} steps of 100 (async: updates of all workers "
+        f"together), {args.threads} torch thread(s) per process, gloo on the CPU"
+    )
+    header = (
+        f"{'mode':<22} {'workers':>7} {'steps/s':>9} {'samples/s':>10} {'comm':>6} {'test acc':>9}"
+    )
     print(header)
     print("-" * len(header))
     with tempfile.TemporaryDirectory() as tmp:
         for i, row in enumerate(configurations(args.max_workers)):
             r = run_one(row, args, Path(tmp) / f"{i}.json")
-            name = row["mode"] + (f" {row['schedule']} M={row['microbatches']}"
-                                  if row["mode"] == "pipeline" else "")
+            name = row["mode"] + (
+                f" {row['schedule']} M={row['microbatches']}" if row["mode"] == "pipeline" else ""
+            )
             if "error" in r:
                 print(f"{name:<22} {row['workers']:>7}  failed: {r['error']}")
                 continue
-            print(f"{name:<22} {row['workers']:>7} {r['steps_per_s']:>9.1f} "
-                  f"{r['samples_per_s']:>10,.0f} {100 * r['comm_share']:>5.0f}% "
-                  f"{100 * r['test_accuracy']:>8.2f}%", flush=True)
+            print(
+                f"{name:<22} {row['workers']:>7} {r['steps_per_s']:>9.1f} "
+                f"{r['samples_per_s']:>10,.0f} {100 * r['comm_share']:>5.0f}% "
+                f"{100 * r['test_accuracy']:>8.2f}%",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

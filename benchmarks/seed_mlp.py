@@ -30,7 +30,9 @@ from mnistlab.train import train  # noqa: E402
 def bare_loop(data, steps: int, seed: int) -> float:
     """The plain way: nn modules, autograd, torch.optim.SGD, in-place EMA. Returns seconds."""
     torch.manual_seed(seed)
-    model = torch.nn.Sequential(torch.nn.Linear(784, 500), torch.nn.ReLU(), torch.nn.Linear(500, 10))
+    model = torch.nn.Sequential(
+        torch.nn.Linear(784, 500), torch.nn.ReLU(), torch.nn.Linear(500, 10)
+    )
     start = build_model(resolve("seed-mlp").model, seed=seed)  # same initial weights as mnistlab
     with torch.no_grad():
         for p, q in zip(model.parameters(), start.parameters(), strict=True):
@@ -72,11 +74,21 @@ def main() -> None:
     began = time.perf_counter()
     data = load_splits(dataset, data_dir)
     load_seconds = time.perf_counter() - began
-    print(f"loading {dataset} from IDX files into tensors (checksums and checks included): "
-          f"{load_seconds:.3f} s")
+    print(
+        f"loading {dataset} from IDX files into tensors (checksums and checks included): "
+        f"{load_seconds:.3f} s"
+    )
 
-    config = resolve("seed-mlp", None, [f"train.steps={args.steps}", "tracking.tensorboard=false",
-                                        "tracking.jsonl=false", "checkpoint.every=0"])
+    config = resolve(
+        "seed-mlp",
+        None,
+        [
+            f"train.steps={args.steps}",
+            "tracking.tensorboard=false",
+            "tracking.jsonl=false",
+            "checkpoint.every=0",
+        ],
+    )
     ours, bare = [], []
     for _ in range(args.repeats):  # interleaved, so drift in the machine's speed hits both
         result = train(config, data)

@@ -75,8 +75,9 @@ class RawEvalTimer(Strategy):
         self.validation = validation
         self.raw_seconds = 0.0
 
-    def predict(self, images: torch.Tensor, params: Any = None,
-                batch_size: int = 10_000) -> torch.Tensor | None:
+    def predict(
+        self, images: torch.Tensor, params: Any = None, batch_size: int = 10_000
+    ) -> torch.Tensor | None:
         began = time.perf_counter()
         out = super().predict(images, params, batch_size)
         if params is None and images is self.validation:
@@ -90,14 +91,21 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", help="cpu (default), cuda or auto")
     args = parser.parse_args()
     dataset, data_dir = start(args)
-    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available()
-                          else "cpu" if args.device == "auto" else args.device)
+    device = torch.device(
+        "cuda"
+        if args.device == "auto" and torch.cuda.is_available()
+        else "cpu"
+        if args.device == "auto"
+        else args.device
+    )
     data = load_splits(dataset, data_dir, device=device)
     config = resolve("seed-mlp", None, [f"train.steps={args.steps}", f"train.device={device}"])
     t = config.train
-    print(f"data: {data.name} ({len(data.train):,} train, {len(data.validation):,} validation) "
-          f"on {device}; log every {t.log_every}, eval every {t.eval_every}, histograms every "
-          f"{config.tracking.histogram_every} steps")
+    print(
+        f"data: {data.name} ({len(data.train):,} train, {len(data.validation):,} validation) "
+        f"on {device}; log every {t.log_every}, eval every {t.eval_every}, histograms every "
+        f"{config.tracking.histogram_every} steps"
+    )
 
     plain: list[float] = []
     tracked: list[float] = []
@@ -105,7 +113,9 @@ def main() -> None:
     writing: list[float] = []
     parts: dict[str, list[float]] = defaultdict(list)
     with tempfile.TemporaryDirectory(prefix="mnistlab-bench-") as tmp:
-        train(resolve("seed-mlp", None, ["train.steps=50", f"train.device={device}"]), data)  # warm-up
+        train(
+            resolve("seed-mlp", None, ["train.steps=50", f"train.device={device}"]), data
+        )  # warm-up
         for i in range(args.repeats):
             plain.append(args.steps / train(config, data).train_seconds)
             timed = Timed(TrackingCallback(Path(tmp) / f"run{i}"))
@@ -121,16 +131,26 @@ def main() -> None:
                 parts[hook].append(timed.seconds[hook] / args.steps)
     p, w = statistics.median(plain), statistics.median(tracked)
     print(f"seed-mlp, {args.steps} steps of {t.batch_size}, {args.repeats} interleaved repeats:")
-    print(f"  A/B without tracking : median {p:7.1f} steps/s, best {max(plain):7.1f}  "
-          f"(runs: {', '.join(f'{v:.0f}' for v in plain)})")
-    print(f"  A/B with tracking    : median {w:7.1f} steps/s, best {max(tracked):7.1f}  "
-          f"(runs: {', '.join(f'{v:.0f}' for v in tracked)})")
-    print(f"  A/B overhead: {100 * (p / w - 1):+.2f}% (medians), "
-          f"{100 * (max(plain) / max(tracked) - 1):+.2f}% (best runs); noisy on a shared machine")
-    print(f"  in-run overhead, all of it: median {100 * statistics.median(in_run):.2f}% of training "
-          f"time (runs: {', '.join(f'{100 * v:.2f}%' for v in in_run)})  (target: under 5%)")
-    print(f"  of which writing logs (the callback's hooks): median "
-          f"{100 * statistics.median(writing):.2f}%; the rest is the raw-weight validation")
+    print(
+        f"  A/B without tracking : median {p:7.1f} steps/s, best {max(plain):7.1f}  "
+        f"(runs: {', '.join(f'{v:.0f}' for v in plain)})"
+    )
+    print(
+        f"  A/B with tracking    : median {w:7.1f} steps/s, best {max(tracked):7.1f}  "
+        f"(runs: {', '.join(f'{v:.0f}' for v in tracked)})"
+    )
+    print(
+        f"  A/B overhead: {100 * (p / w - 1):+.2f}% (medians), "
+        f"{100 * (max(plain) / max(tracked) - 1):+.2f}% (best runs); noisy on a shared machine"
+    )
+    print(
+        f"  in-run overhead, all of it: median {100 * statistics.median(in_run):.2f}% of training "
+        f"time (runs: {', '.join(f'{100 * v:.2f}%' for v in in_run)})  (target: under 5%)"
+    )
+    print(
+        f"  of which writing logs (the callback's hooks): median "
+        f"{100 * statistics.median(writing):.2f}%; the rest is the raw-weight validation"
+    )
     for name, values in parts.items():
         print(f"    {name:22s} {1e6 * statistics.median(values):7.1f} us per training step")
 

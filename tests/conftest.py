@@ -38,5 +38,6 @@ def _isolated_cache(tmp_path_factory, monkeypatch):
 
 def small_config(preset: str = "seed-mlp", *overrides: str) -> Config:
     """A preset shortened for tests, with nothing written unless asked."""
-    return resolve(preset, None, ["train.steps=200", "train.eval_every=100", "train.log_every=50",
-                                  *overrides])
+    return resolve(
+        preset, None, ["train.steps=200", "train.eval_every=100", "train.log_every=50", *overrides]
+    )

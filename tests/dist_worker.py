@@ -38,19 +38,26 @@ class Capture(Callback):
     def on_end(self, run: Any, result: Any) -> None:
         state = run.state_dict()
         if run.is_main:
-            torch.save(state | {"last_loss": run.last_loss,
-                                "test_accuracy": result.test.accuracy if result.test else None},
-                       self.path)
+            torch.save(
+                state
+                | {
+                    "last_loss": run.last_loss,
+                    "test_accuracy": result.test.accuracy if result.test else None,
+                },
+                self.path,
+            )
 
 
 def as_dtype(data: Splits, dtype: torch.dtype) -> Splits:
     """The same splits with images in ``dtype`` (float64 takes float32 rounding out of the
     comparison of modes, leaving only the order of summation)."""
+
     def cast(split: Split) -> Split:
         return Split(split.images.to(dtype), split.labels)
 
-    return replace(data, train=cast(data.train), validation=cast(data.validation),
-                   test=cast(data.test))
+    return replace(
+        data, train=cast(data.train), validation=cast(data.validation), test=cast(data.test)
+    )
 
 
 def run_case(case: dict[str, Any], data: Splits, out: Path, strategy: Any = None) -> None:
@@ -63,16 +70,24 @@ def run_case(case: dict[str, Any], data: Splits, out: Path, strategy: Any = None
         if strategy is not None:
             config = strategy.worker_config(config, len(data.train))
         resume = torch.load(case["resume"], weights_only=False) if case.get("resume") else None
-        train(config, as_dtype(data, dtype), strategy=strategy,
-              callbacks=[Capture(out / f"{case['name']}.pt")], resume_state=resume)
+        train(
+            config,
+            as_dtype(data, dtype),
+            strategy=strategy,
+            callbacks=[Capture(out / f"{case['name']}.pt")],
+            resume_state=resume,
+        )
     finally:
         torch.set_default_dtype(previous)
 
 
 def case_config(case: dict[str, Any]):
-    overrides = [*case.get("overrides", []), f"parallel.mode={case['mode']}",
-                 f"parallel.schedule={case.get('schedule', 'gpipe')}",
-                 f"parallel.microbatches={case.get('microbatches', 1)}"]
+    overrides = [
+        *case.get("overrides", []),
+        f"parallel.mode={case['mode']}",
+        f"parallel.schedule={case.get('schedule', 'gpipe')}",
+        f"parallel.microbatches={case.get('microbatches', 1)}",
+    ]
     return resolve(case.get("preset", "seed-mlp"), None, overrides)
 
 

@@ -26,8 +26,13 @@ def fetch_json(url: str):
 
 def test_server_serves_the_runs_scalars(sample_splits, tmp_path):
     runs = tmp_path / "runs"
-    config = small_config("seed-softmax", "train.steps=30", "train.log_every=10",
-                          "train.eval_every=15", "tracking.histogram_every=0")
+    config = small_config(
+        "seed-softmax",
+        "train.steps=30",
+        "train.log_every=10",
+        "train.eval_every=15",
+        "tracking.histogram_every=0",
+    )
     train(config, sample_splits, callbacks=[TrackingCallback(runs / "r1")])
     expected = {r["step"]: r["loss"] for r in read_metrics(runs / "r1") if "loss" in r}
 

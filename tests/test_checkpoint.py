@@ -88,8 +88,12 @@ def test_resume_is_bit_equal(sample_splits, tmp_path, capsys):
     train(half, sample_splits, callbacks=[CheckpointCallback(tmp_path / "b", every=500)])
     saved = load_checkpoint(resolve_checkpoint(tmp_path / "b"))
     assert saved.step == 500
-    resumed = train(config, sample_splits, resume_state=saved.state,
-                    callbacks=[CheckpointCallback(tmp_path / "b", every=500)])
+    resumed = train(
+        config,
+        sample_splits,
+        resume_state=saved.state,
+        callbacks=[CheckpointCallback(tmp_path / "b", every=500)],
+    )
     a = load_checkpoint(tmp_path / "a" / "checkpoints" / "step-001000.pt").state
     b = load_checkpoint(tmp_path / "b" / "checkpoints" / "step-001000.pt").state
     count, worst = assert_same_state(a, b)
@@ -103,14 +107,21 @@ def test_resume_is_bit_equal(sample_splits, tmp_path, capsys):
 
 def test_resume_restores_dropout_rng(sample_splits, tmp_path):
     """LeNet's dropout draws from torch's generator: resuming must restore it too."""
-    config = small_config("lenet", "train.steps=8", "model.hidden=16", "train.eval_every=4",
-                          "train.log_every=4")
+    config = small_config(
+        "lenet", "train.steps=8", "model.hidden=16", "train.eval_every=4", "train.log_every=4"
+    )
     train(config, sample_splits, callbacks=[CheckpointCallback(tmp_path / "a", every=4)])
     four = load_checkpoint(tmp_path / "a" / "checkpoints" / "step-000004.pt")
-    train(config, sample_splits, resume_state=four.state,
-          callbacks=[CheckpointCallback(tmp_path / "b", every=4)])
-    assert_same_state(load_checkpoint(tmp_path / "a/checkpoints/step-000008.pt").state,
-                      load_checkpoint(tmp_path / "b/checkpoints/step-000008.pt").state)
+    train(
+        config,
+        sample_splits,
+        resume_state=four.state,
+        callbacks=[CheckpointCallback(tmp_path / "b", every=4)],
+    )
+    assert_same_state(
+        load_checkpoint(tmp_path / "a/checkpoints/step-000008.pt").state,
+        load_checkpoint(tmp_path / "b/checkpoints/step-000008.pt").state,
+    )
 
 
 def test_retention_keeps_last_k_and_best(sample_splits, tmp_path):
@@ -156,8 +167,9 @@ def test_malicious_pickle_is_refused_without_running(tmp_path):
 
 
 def test_truncated_and_bit_flipped_files_are_detected(tmp_path):
-    good = save_checkpoint(tmp_path / "good.pt", {"step": 3, "model": {"w": torch.ones(1000)},
-                                                  "config": {}})
+    good = save_checkpoint(
+        tmp_path / "good.pt", {"step": 3, "model": {"w": torch.ones(1000)}, "config": {}}
+    )
     data = good.read_bytes()
     truncated = tmp_path / "truncated.pt"
     truncated.write_bytes(data[: len(data) - 100])
@@ -180,8 +192,11 @@ def test_newer_format_says_so(tmp_path):
     path = tmp_path / "future.pt"
     header = {"format_version": 99, "mnistlab_version": "9.0.0", "payload_bytes": 0}
     path.write_bytes(ck.MAGIC + json.dumps(header).encode() + b"\n")
-    with pytest.raises(CheckpointError, match=r"mnistlab 9\.0\.0 in checkpoint format 99.*"
-                                              r"reads format 1 only: upgrade mnistlab"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"mnistlab 9\.0\.0 in checkpoint format 99.*"
+        r"reads format 1 only: upgrade mnistlab",
+    ):
         load_checkpoint(path)
 
 
@@ -215,8 +230,9 @@ ck.save_checkpoint(path, {"step": 2, "model": {"w": torch.full((1 << 20,), 2.0)}
 
 def test_kill_9_during_save_keeps_previous_checkpoint(tmp_path):
     folder = tmp_path / "run" / "checkpoints"
-    target = save_checkpoint(folder / "step-000001.pt",
-                             {"step": 1, "model": {"w": torch.ones(1 << 20)}, "config": {}})
+    target = save_checkpoint(
+        folder / "step-000001.pt", {"step": 1, "model": {"w": torch.ones(1 << 20)}, "config": {}}
+    )
     marker = tmp_path / "mid-save"
     env = {**os.environ, "PYTHONPATH": SRC}
     child = subprocess.Popen([sys.executable, "-c", CHILD, str(target), str(marker)], env=env)
@@ -239,13 +255,43 @@ def test_kill_9_during_save_keeps_previous_checkpoint(tmp_path):
 def test_resume_cli_settings(sample_splits, tmp_path, monkeypatch, capsys):
     """--resume DIR needs no flags; unsafe changes are refused; auto finds the same config."""
     monkeypatch.chdir(tmp_path)
-    base = ["train", "--dataset", "mnist-sample", "--quiet", "--set", "tracking.tensorboard=false", "--json",
-            "--set", "train.steps=40", "--set", "train.eval_every=20", "--set", "model.hidden=32"]
+    base = [
+        "train",
+        "--dataset",
+        "mnist-sample",
+        "--quiet",
+        "--set",
+        "tracking.tensorboard=false",
+        "--json",
+        "--set",
+        "train.steps=40",
+        "--set",
+        "train.eval_every=20",
+        "--set",
+        "model.hidden=32",
+    ]
     assert main([*base, "--run-dir", "runs/first"]) == 0
-    assert main(["train", "--resume", "runs/first", "--set", "model.hidden=64"]) == ConfigError.exit_code
+    assert (
+        main(["train", "--resume", "runs/first", "--set", "model.hidden=64"])
+        == ConfigError.exit_code
+    )
     assert "cannot change model.hidden when resuming" in capsys.readouterr().err
-    assert main(["train", "--resume", "runs/first", "--set", "train.steps=60", "--quiet",
-                 "--json", "--set", "tracking.tensorboard=false"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--resume",
+                "runs/first",
+                "--set",
+                "train.steps=60",
+                "--quiet",
+                "--json",
+                "--set",
+                "tracking.tensorboard=false",
+            ]
+        )
+        == 0
+    )
     out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert out["steps"] == 60 and Path(out["run_dir"]) == Path("runs/first")
     assert main([*base, "--set", "train.steps=80", "--resume", "auto"]) == 0
@@ -260,9 +306,25 @@ def test_ctrl_c_saves_and_resume_finishes(tmp_path):
     then `--resume DIR` finishes the run."""
     run_dir = tmp_path / "run"
     env = {**os.environ, "PYTHONPATH": SRC, "MNISTLAB_DATA": ""}
-    cmd = [sys.executable, "-m", "mnistlab", "train", "--dataset", "mnist-sample", "--quiet",
-           "--set", "tracking.tensorboard=false", "--run-dir", str(run_dir), "--checkpoint-every", "0",
-           "--set", "train.steps=1000000", "--set", "train.eval_every=10"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "mnistlab",
+        "train",
+        "--dataset",
+        "mnist-sample",
+        "--quiet",
+        "--set",
+        "tracking.tensorboard=false",
+        "--run-dir",
+        str(run_dir),
+        "--checkpoint-every",
+        "0",
+        "--set",
+        "train.steps=1000000",
+        "--set",
+        "train.eval_every=10",
+    ]
     child = subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 120
@@ -280,10 +342,26 @@ def test_ctrl_c_saves_and_resume_finishes(tmp_path):
     assert len(steps) == 1
     stopped = steps[0][0]
     assert f"training stopped at step {stopped} of 1000000" in err
-    done = subprocess.run([sys.executable, "-m", "mnistlab", "train", "--resume", str(run_dir),
-                           "--set", f"train.steps={stopped + 10}", "--quiet", "--json",
-                           "--set", "tracking.tensorboard=false"],
-                          env=env, capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mnistlab",
+            "train",
+            "--resume",
+            str(run_dir),
+            "--set",
+            f"train.steps={stopped + 10}",
+            "--quiet",
+            "--json",
+            "--set",
+            "tracking.tensorboard=false",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout.strip().splitlines()[-1])["steps"] == stopped + 10
 
@@ -293,10 +371,27 @@ def test_second_ctrl_c_exits_at_once_and_corrupts_nothing(tmp_path):
     ends promptly, and every checkpoint left in the folder is whole and loadable."""
     run_dir = tmp_path / "run"
     env = {**os.environ, "PYTHONPATH": SRC, "MNISTLAB_DATA": ""}
-    cmd = [sys.executable, "-m", "mnistlab", "train", "--dataset", "mnist-sample", "--quiet",
-           "--set", "tracking.tensorboard=false", "--run-dir", str(run_dir),
-           "--checkpoint-every", "5", "--keep", "2", "--set", "train.steps=1000000",
-           "--set", "train.eval_every=5"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "mnistlab",
+        "train",
+        "--dataset",
+        "mnist-sample",
+        "--quiet",
+        "--set",
+        "tracking.tensorboard=false",
+        "--run-dir",
+        str(run_dir),
+        "--checkpoint-every",
+        "5",
+        "--keep",
+        "2",
+        "--set",
+        "train.steps=1000000",
+        "--set",
+        "train.eval_every=5",
+    ]
     child = subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 120
@@ -318,9 +413,24 @@ def test_second_ctrl_c_exits_at_once_and_corrupts_nothing(tmp_path):
         assert load_checkpoint(path).step > 0
     # A save cut short leaves at most its hidden temp file, which the next run removes.
     leftovers = list((run_dir / "checkpoints").glob(".*.tmp"))
-    resumed = subprocess.run([sys.executable, "-m", "mnistlab", "train", "--resume", str(run_dir),
-                              "--set", "train.steps=1", "--quiet",
-                              "--set", "tracking.tensorboard=false"],
-                             env=env, capture_output=True, text=True, timeout=120)
+    resumed = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mnistlab",
+            "train",
+            "--resume",
+            str(run_dir),
+            "--set",
+            "train.steps=1",
+            "--quiet",
+            "--set",
+            "tracking.tensorboard=false",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert resumed.returncode == 0, resumed.stderr
     assert not any(p.exists() for p in leftovers)

@@ -22,8 +22,18 @@ def test_presets_follow_the_classic_programs():
 
 
 def test_overrides_are_typed():
-    c = resolve("seed-mlp", None, ["train.steps=2000", "optim.lr=0.2", "model.hidden=300,100",
-                                   "optim.staircase=true", "train.seed=5", "optim.ema_decay=0.999"])
+    c = resolve(
+        "seed-mlp",
+        None,
+        [
+            "train.steps=2000",
+            "optim.lr=0.2",
+            "model.hidden=300,100",
+            "optim.staircase=true",
+            "train.seed=5",
+            "optim.ema_decay=0.999",
+        ],
+    )
     assert c.train.steps == 2000 and c.optim.lr == 0.2 and c.model.hidden == (300, 100)
     assert c.optim.staircase is True and c.train.seed == 5 and c.optim.ema_decay == 0.999
     assert resolve(None, None, ["train.steps=1_000"]).train.steps == 1000

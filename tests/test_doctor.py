@@ -9,8 +9,13 @@ from mnistlab.apps import doctor
 from mnistlab.apps.cli import main
 
 
-def dist(site: Path, name: str, version: str, requires: tuple[str, ...] = (),
-         editable_root: Path | None = None) -> Path:
+def dist(
+    site: Path,
+    name: str,
+    version: str,
+    requires: tuple[str, ...] = (),
+    editable_root: Path | None = None,
+) -> Path:
     """A minimal ``NAME-VERSION.dist-info`` in ``site``, as pip would leave it."""
     info = site / f"{name}-{version}.dist-info"
     info.mkdir(parents=True)
@@ -18,16 +23,18 @@ def dist(site: Path, name: str, version: str, requires: tuple[str, ...] = (),
     lines += [f"Requires-Dist: {r}" for r in requires]
     (info / "METADATA").write_text("\n".join(lines) + "\n")
     if editable_root is not None:
-        (info / "direct_url.json").write_text(json.dumps(
-            {"url": editable_root.as_uri(), "dir_info": {"editable": True}}))
+        (info / "direct_url.json").write_text(
+            json.dumps({"url": editable_root.as_uri(), "dir_info": {"editable": True}})
+        )
     return info
 
 
 def test_duplicate_installation_names_both_paths(tmp_path, monkeypatch, capsys):
     first = dist(tmp_path / "site-a", "fakeprotobuf", "4.25.3")
     second = dist(tmp_path / "site-b", "fakeprotobuf", "5.27.0")
-    found = doctor.duplicate_findings(doctor.installed([str(tmp_path / "site-a"),
-                                                       str(tmp_path / "site-b")]))
+    found = doctor.duplicate_findings(
+        doctor.installed([str(tmp_path / "site-a"), str(tmp_path / "site-b")])
+    )
     assert len(found) == 1 and found[0].status == "problem"
     assert str(first) in found[0].detail and str(second) in found[0].detail
     assert str(second) in found[0].fix  # the copy Python does not use is the one to remove
@@ -44,8 +51,17 @@ def test_duplicate_installation_names_both_paths(tmp_path, monkeypatch, capsys):
 def test_broken_and_missing_requirements(tmp_path):
     site = tmp_path / "site"
     dist(site, "fakeprotobuf", "5.27.0")
-    dist(site, "needy", "1.0", ("fakeprotobuf<5,>=3.20", "absentpkg>=1",
-                                'onlyfordev; extra == "dev"', 'oldpython; python_version < "3"'))
+    dist(
+        site,
+        "needy",
+        "1.0",
+        (
+            "fakeprotobuf<5,>=3.20",
+            "absentpkg>=1",
+            'onlyfordev; extra == "dev"',
+            'oldpython; python_version < "3"',
+        ),
+    )
     found = doctor.requirement_findings(doctor.installed([str(site)]))
     details = sorted(f.detail for f in found)
     assert len(found) == 2 and all(f.status == "problem" and f.fix for f in found)
@@ -69,8 +85,17 @@ def test_clean_environment_passes(tmp_path):
     assert doctor.exit_status(findings) == 0
     assert "All is well" in doctor.render(findings)
     checks = {f.check for f in findings}
-    assert {"python", "torch", "numpy", "tensorboard", "protobuf", "cpu", "cuda",
-            "dataset mnist-sample", "run folder"} <= checks
+    assert {
+        "python",
+        "torch",
+        "numpy",
+        "tensorboard",
+        "protobuf",
+        "cpu",
+        "cuda",
+        "dataset mnist-sample",
+        "run folder",
+    } <= checks
     sample = [f for f in findings if f.check == "dataset mnist-sample"][0]
     assert "checksums match" in sample.detail
 
@@ -78,8 +103,12 @@ def test_clean_environment_passes(tmp_path):
 def test_corrupt_dataset_and_unwritable_run_folder(tmp_path):
     data = tmp_path / "data"
     data.mkdir()
-    for name in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
-                 "t10k-labels-idx1-ubyte"):
+    for name in (
+        "train-images-idx3-ubyte",
+        "train-labels-idx1-ubyte",
+        "t10k-images-idx3-ubyte",
+        "t10k-labels-idx1-ubyte",
+    ):
         (data / name).write_bytes(b"\x00\x00\x08\x01" + b"\x00" * 8)
     mnist = [f for f in doctor.dataset_findings(str(data)) if f.check == "dataset mnist"][0]
     assert mnist.status == "problem" and str(data) in mnist.detail

@@ -81,14 +81,20 @@ def mirrors(base: str, *kinds: str) -> list[str]:
 def test_bad_mirrors_then_good_one(server: str, tmp_path: Path) -> None:
     calls: list[tuple[str, int, int | None]] = []
     dest = tmp_path / "dest"
-    located = download(SPEC, dest, mirrors=mirrors(server, "404", "corrupt", "drop", "good"),
-                       progress=lambda *a: calls.append(a))
+    located = download(
+        SPEC,
+        dest,
+        mirrors=mirrors(server, "404", "corrupt", "drop", "good"),
+        progress=lambda *a: calls.append(a),
+    )
     assert located.source == "download" and located.directory == dest
     assert sorted(p.name for p in dest.iterdir()) == sorted(FILES)  # no .part files left
     for name, body in FILES.items():
         assert (dest / name).read_bytes() == body
     # Each file tried every mirror in order before the good one.
-    expected = [f"/{k}/{fs.filename}" for fs in SPEC.files for k in ("404", "corrupt", "drop", "good")]
+    expected = [
+        f"/{k}/{fs.filename}" for fs in SPEC.files for k in ("404", "corrupt", "drop", "good")
+    ]
     assert Handler.requests == expected
     for name, body in FILES.items():
         last = [c for c in calls if c[0] == name][-1]

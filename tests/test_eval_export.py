@@ -21,8 +21,11 @@ from .conftest import small_config
 def run_dir(sample_splits, tmp_path_factory) -> Path:
     """A short seed-mlp run on the bundled sample, with checkpoints."""
     folder = tmp_path_factory.mktemp("run")
-    train(small_config("seed-mlp", "train.steps=200"), sample_splits,
-          callbacks=[CheckpointCallback(folder, every=100)])
+    train(
+        small_config("seed-mlp", "train.steps=200"),
+        sample_splits,
+        callbacks=[CheckpointCallback(folder, every=100)],
+    )
     return folder
 
 
@@ -91,7 +94,9 @@ def test_onnx_matches_pytorch(run_dir, tmp_path, sample_splits, capsys):
         expected = model(images)
     diff = float((torch.from_numpy(logits) - expected).abs().max())
     with capsys.disabled():
-        print(f"\nONNX vs PyTorch on {len(images)} test digits: max abs logit difference {diff:.3g}")
+        print(
+            f"\nONNX vs PyTorch on {len(images)} test digits: max abs logit difference {diff:.3g}"
+        )
     assert logits.shape == (1000, 10) and diff < 1e-4
 
 
@@ -103,8 +108,9 @@ def test_torchscript_matches_pytorch(run_dir, sample_splits):
     scripted = torch.jit.load(str(path))
     model, _ = load_model(f"{run_dir}:best")
     with torch.no_grad():
-        torch.testing.assert_close(scripted(sample_splits.test.images),
-                                   model(sample_splits.test.images), rtol=0, atol=1e-6)
+        torch.testing.assert_close(
+            scripted(sample_splits.test.images), model(sample_splits.test.images), rtol=0, atol=1e-6
+        )
 
 
 def test_eval_of_missing_checkpoint_is_one_line(tmp_path, capsys):

@@ -32,7 +32,9 @@ def put_mnist_like(folder: Path, *, uncompressed: bool = False) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     for name in SAMPLE_NAMES:
         if uncompressed:
-            (folder / name.removesuffix(".gz")).write_bytes(gzip.decompress((SAMPLE_DIR / name).read_bytes()))
+            (folder / name.removesuffix(".gz")).write_bytes(
+                gzip.decompress((SAMPLE_DIR / name).read_bytes())
+            )
         else:
             shutil.copy(SAMPLE_DIR / name, folder / name)
     return folder
@@ -48,13 +50,18 @@ def test_candidate_order(isolated_env: dict[str, Path], monkeypatch: pytest.Monk
         ("system", isolated_env["system"] / "mnist"),
     ]
     explicit = isolated_env["explicit"]
-    assert candidate_dirs("mnist", explicit) == [("data-dir", explicit / "mnist"), ("data-dir", explicit)]
+    assert candidate_dirs("mnist", explicit) == [
+        ("data-dir", explicit / "mnist"),
+        ("data-dir", explicit),
+    ]
 
 
 def test_home_cache_without_xdg(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.delenv("XDG_CACHE_HOME")
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    assert ("cache", tmp_path / "home" / ".cache" / "mnistlab" / "kmnist") in candidate_dirs("kmnist")
+    assert ("cache", tmp_path / "home" / ".cache" / "mnistlab" / "kmnist") in candidate_dirs(
+        "kmnist"
+    )
 
 
 def test_lookup_order_first_complete_folder_wins(
@@ -100,15 +107,22 @@ def test_explicit_data_dir_without_files_raises(isolated_env: dict[str, Path]) -
     assert "Download" not in msg  # an explicit folder is never replaced by a download
 
 
-def test_nothing_found_lists_every_place(isolated_env: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+def test_nothing_found_lists_every_place(
+    isolated_env: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("MNISTLAB_DATA", str(isolated_env["env"]))
     with pytest.raises(DataError) as exc:
         locate("kmnist", download=False)
     msg = str(exc.value)
     for _, folder in candidate_dirs("kmnist"):
         assert str(folder) in msg
-    for text in ("train-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz", "MNISTLAB_DATA",
-                 "mnistlab data download kmnist", "download disabled"):
+    for text in (
+        "train-images-idx3-ubyte.gz",
+        "t10k-labels-idx1-ubyte.gz",
+        "MNISTLAB_DATA",
+        "mnistlab data download kmnist",
+        "download disabled",
+    ):
         assert text in msg
 
 
@@ -193,7 +207,9 @@ def run_cli(*argv: str) -> int:
     return int(args.func(args))
 
 
-def test_cli_data_commands(isolated_env: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_data_commands(
+    isolated_env: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
     assert run_cli("data", "verify", "mnist-sample") == 0
     out = capsys.readouterr().out
     assert out.count("OK") == 4 and "all checks passed" in out
@@ -206,7 +222,9 @@ def test_cli_data_commands(isolated_env: dict[str, Path], capsys: pytest.Capture
     assert "CC BY-SA 4.0" in capsys.readouterr().out
     folder = put_mnist_like(isolated_env["explicit"] / "mnist-sample")
     (folder / SAMPLE_NAMES[1]).write_bytes(gzip.compress(b"\x00\x00\x08\x01\x00\x00\x00\x01\x0c"))
-    assert run_cli("data", "verify", "mnist-sample", "--data-dir", str(isolated_env["explicit"])) == 1
+    assert (
+        run_cli("data", "verify", "mnist-sample", "--data-dir", str(isolated_env["explicit"])) == 1
+    )
     assert "FAIL" in capsys.readouterr().out
     with pytest.raises(DataError, match="not found"):
         run_cli("data", "path", "mnist", "--data-dir", str(isolated_env["explicit"]))

@@ -7,8 +7,11 @@ from mnistlab.models import build_model, weight_names
 
 
 def test_shapes_and_stages():
-    for preset, stages in [("seed-softmax", ["logits"]), ("seed-mlp", ["hidden1", "logits"]),
-                           ("lenet", ["conv1", "conv2", "fc", "logits"])]:
+    for preset, stages in [
+        ("seed-softmax", ["logits"]),
+        ("seed-mlp", ["hidden1", "logits"]),
+        ("lenet", ["conv1", "conv2", "fc", "logits"]),
+    ]:
         model = build_model(preset_config(preset).model, seed=0)
         assert model.stage_names == stages
         assert model(torch.rand(4, 784)).shape == (4, 10)

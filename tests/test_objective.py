@@ -87,7 +87,9 @@ def test_cross_entropy_by_hand():
     assert cross_entropy(logits, torch.tensor([0])).item() == pytest.approx(expected, rel=1e-6)
     # the naive form sums over the batch
     two = torch.cat([logits, logits])
-    assert naive_cross_entropy(two, torch.tensor([0, 0])).item() == pytest.approx(2 * expected, rel=1e-5)
+    assert naive_cross_entropy(two, torch.tensor([0, 0])).item() == pytest.approx(
+        2 * expected, rel=1e-5
+    )
 
 
 def test_stable_loss_survives_logits_where_the_naive_one_does_not():

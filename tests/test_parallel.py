@@ -38,21 +38,40 @@ WORKER = ROOT / "tests" / "dist_worker.py"
 RTOL = 1e-5
 SHORT = ["train.eval_every=100", "train.log_every=50", "train.threads=1"]
 MLP200 = ["train.steps=200", *SHORT]
-LENET = ["train.steps=20", "train.batch_size=20", "model.dropout=0", "train.eval_every=1000",
-         "train.log_every=10", "train.threads=1"]
+LENET = [
+    "train.steps=20",
+    "train.batch_size=20",
+    "model.dropout=0",
+    "train.eval_every=1000",
+    "train.log_every=10",
+    "train.threads=1",
+]
 PIPELINES = [(s, m) for s in ("gpipe", "1f1b") for m in (1, 2, 4, 5)]
 
 
 def env() -> dict[str, str]:
-    return os.environ | {"OMP_NUM_THREADS": "1", "MNISTLAB_DIST_TIMEOUT": "60",
-                         "MNISTLAB_STEP_TIMEOUT": "60", "PYTHONUNBUFFERED": "1",
-                         "PYTHONPATH": f"{ROOT / 'src'}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    return os.environ | {
+        "OMP_NUM_THREADS": "1",
+        "MNISTLAB_DIST_TIMEOUT": "60",
+        "MNISTLAB_STEP_TIMEOUT": "60",
+        "PYTHONUNBUFFERED": "1",
+        "PYTHONPATH": f"{ROOT / 'src'}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
+    }
 
 
-def run_group(cmd: list[str], timeout: float, cwd: Path | None = None) -> subprocess.CompletedProcess:
+def run_group(
+    cmd: list[str], timeout: float, cwd: Path | None = None
+) -> subprocess.CompletedProcess:
     """Run ``cmd`` in its own session; on timeout (or any error) kill the whole session."""
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=env(), cwd=cwd or ROOT, start_new_session=True)
+    proc = subprocess.Popen(
+        cmd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env(),
+        cwd=cwd or ROOT,
+        start_new_session=True,
+    )
     try:
         out, err = proc.communicate(timeout=timeout)
         assert not session_alive(proc.pid), f"{cmd[:6]} left processes behind"
@@ -84,14 +103,22 @@ def kill_session(proc: subprocess.Popen) -> None:
 
 
 def torchrun(nproc: int, *args: str) -> list[str]:
-    return [sys.executable, "-m", "torch.distributed.run", "--standalone",
-            f"--nproc-per-node={nproc}", "--monitor-interval=0.5", *args]
+    return [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc-per-node={nproc}",
+        "--monitor-interval=0.5",
+        *args,
+    ]
 
 
 def launch_cases(cases: list[dict[str, Any]], nproc: int, out: Path, timeout: float) -> Path:
     (out / "cases.json").write_text(json.dumps(cases))
-    done = run_group(torchrun(nproc, str(WORKER), "--cases", str(out / "cases.json"),
-                              "--out", str(out)), timeout)
+    done = run_group(
+        torchrun(nproc, str(WORKER), "--cases", str(out / "cases.json"), "--out", str(out)), timeout
+    )
     assert done.returncode == 0, done.stderr[-4000:]
     return out
 
@@ -99,8 +126,10 @@ def launch_cases(cases: list[dict[str, Any]], nproc: int, out: Path, timeout: fl
 def max_rel(got: dict[str, torch.Tensor], ref: dict[str, torch.Tensor]) -> float:
     """Largest ``max|a - b| / max|b|`` over the named tensors (they must have the same names)."""
     assert got.keys() == ref.keys()
-    return max(float((got[n].double() - ref[n].double()).abs().max() / ref[n].double().abs().max())
-               for n in ref)
+    return max(
+        float((got[n].double() - ref[n].double()).abs().max() / ref[n].double().abs().max())
+        for n in ref
+    )
 
 
 def load(path: Path) -> dict[str, Any]:
@@ -113,23 +142,70 @@ def two_worker_cases(base100: Path) -> list[dict[str, Any]]:
     cases: list[dict[str, Any]] = [
         {"name": "data2", "mode": "data", "overrides": MLP200, **f64},
         {"name": "tensor2", "mode": "tensor", "overrides": MLP200, **f64},
-        *({"name": f"pipe_{s}_{m}", "mode": "pipeline", "schedule": s, "microbatches": m,
-           "overrides": MLP200, **f64} for s, m in PIPELINES),
-        {"name": "pipe100", "mode": "pipeline", "microbatches": 2,
-         "overrides": ["train.steps=100", *SHORT], **f64},
-        {"name": "resumed_in_pipeline", "mode": "pipeline", "schedule": "1f1b", "microbatches": 4,
-         "overrides": MLP200, "resume": str(base100), **f64},
-        *({"name": f"{m}_f32", "mode": m, "overrides": ["train.steps=20", *SHORT]}
-          for m in ("data", "tensor", "pipeline")),
-        *({"name": f"lenet_{m}", "preset": "lenet", "mode": m, "microbatches": 2,
-           "schedule": "1f1b", "overrides": LENET, **f64} for m in ("data", "tensor", "pipeline")),
-        {"name": "async", "mode": "async",
-         "overrides": ["train.steps=1000", "train.eval_every=250", "train.log_every=50",
-                       "train.threads=1"]},
-        {"name": "bad_microbatches", "mode": "pipeline", "microbatches": 3,
-         "overrides": ["train.steps=10"]},
-        {"name": "bad_batch", "mode": "data", "overrides": ["train.steps=10",
-                                                            "train.batch_size=99"]},
+        *(
+            {
+                "name": f"pipe_{s}_{m}",
+                "mode": "pipeline",
+                "schedule": s,
+                "microbatches": m,
+                "overrides": MLP200,
+                **f64,
+            }
+            for s, m in PIPELINES
+        ),
+        {
+            "name": "pipe100",
+            "mode": "pipeline",
+            "microbatches": 2,
+            "overrides": ["train.steps=100", *SHORT],
+            **f64,
+        },
+        {
+            "name": "resumed_in_pipeline",
+            "mode": "pipeline",
+            "schedule": "1f1b",
+            "microbatches": 4,
+            "overrides": MLP200,
+            "resume": str(base100),
+            **f64,
+        },
+        *(
+            {"name": f"{m}_f32", "mode": m, "overrides": ["train.steps=20", *SHORT]}
+            for m in ("data", "tensor", "pipeline")
+        ),
+        *(
+            {
+                "name": f"lenet_{m}",
+                "preset": "lenet",
+                "mode": m,
+                "microbatches": 2,
+                "schedule": "1f1b",
+                "overrides": LENET,
+                **f64,
+            }
+            for m in ("data", "tensor", "pipeline")
+        ),
+        {
+            "name": "async",
+            "mode": "async",
+            "overrides": [
+                "train.steps=1000",
+                "train.eval_every=250",
+                "train.log_every=50",
+                "train.threads=1",
+            ],
+        },
+        {
+            "name": "bad_microbatches",
+            "mode": "pipeline",
+            "microbatches": 3,
+            "overrides": ["train.steps=10"],
+        },
+        {
+            "name": "bad_batch",
+            "mode": "data",
+            "overrides": ["train.steps=10", "train.batch_size=99"],
+        },
     ]
     return cases
 
@@ -146,8 +222,14 @@ def baseline(data, tmp_path_factory):
     cache: dict[str, dict[str, Any]] = {}
 
     def get(case: dict[str, Any]) -> dict[str, Any]:
-        key = json.dumps([case.get("preset", "seed-mlp"), case["overrides"],
-                          case.get("dtype", "float32"), case.get("resume")])
+        key = json.dumps(
+            [
+                case.get("preset", "seed-mlp"),
+                case["overrides"],
+                case.get("dtype", "float32"),
+                case.get("resume"),
+            ]
+        )
         if key not in cache:
             name = f"base{len(cache)}"
             run_case({**case, "name": name, "mode": "none"}, data, out)
@@ -160,8 +242,16 @@ def baseline(data, tmp_path_factory):
 @pytest.fixture(scope="module")
 def base100(data, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("base100")
-    run_case({"name": "base100", "mode": "none", "overrides": ["train.steps=100", *SHORT],
-              "dtype": "float64"}, data, out)
+    run_case(
+        {
+            "name": "base100",
+            "mode": "none",
+            "overrides": ["train.steps=100", *SHORT],
+            "dtype": "float64",
+        },
+        data,
+        out,
+    )
     return out / "base100.pt"
 
 
@@ -174,8 +264,10 @@ def two(tmp_path_factory, base100) -> tuple[Path, dict[str, dict[str, Any]]]:
 
 
 def assert_equivalent(got: dict[str, Any], ref: dict[str, Any], what: str) -> None:
-    params, shadows = max_rel(got["model"], ref["model"]), max_rel(got["ema"]["shadows"],
-                                                                  ref["ema"]["shadows"])
+    params, shadows = (
+        max_rel(got["model"], ref["model"]),
+        max_rel(got["ema"]["shadows"], ref["ema"]["shadows"]),
+    )
     print(f"{what}: max relative difference: parameters {params:.2e}, EMA shadows {shadows:.2e}")
     assert params <= RTOL and shadows <= RTOL, (what, params, shadows)
     assert got["step"] == ref["step"] and got["ema"]["num_updates"] == ref["ema"]["num_updates"]
@@ -184,9 +276,20 @@ def assert_equivalent(got: dict[str, Any], ref: dict[str, Any], what: str) -> No
 
 # -- equivalence ----------------------------------------------------------------------------------
 @pytest.mark.timeout(480)
-@pytest.mark.parametrize("name", ["data2", "tensor2", *(f"pipe_{s}_{m}" for s, m in PIPELINES),
-                                  "data_f32", "tensor_f32", "pipeline_f32",
-                                  "lenet_data", "lenet_tensor", "lenet_pipeline"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "data2",
+        "tensor2",
+        *(f"pipe_{s}_{m}" for s, m in PIPELINES),
+        "data_f32",
+        "tensor_f32",
+        "pipeline_f32",
+        "lenet_data",
+        "lenet_tensor",
+        "lenet_pipeline",
+    ],
+)
 def test_mode_equals_one_process(two, baseline, name):
     out, cases = two
     assert_equivalent(load(out / f"{name}.pt"), baseline(cases[name]), name)
@@ -216,8 +319,17 @@ def test_checkpoints_move_between_modes(two, baseline, data, tmp_path):
     out, cases = two
     ref = baseline(cases["data2"])  # the one-process 200-step run (float64)
     assert_equivalent(load(out / "resumed_in_pipeline.pt"), ref, "one process -> pipeline")
-    run_case({"name": "back", "mode": "none", "overrides": MLP200, "dtype": "float64",
-              "resume": str(out / "pipe100.pt")}, data, tmp_path)
+    run_case(
+        {
+            "name": "back",
+            "mode": "none",
+            "overrides": MLP200,
+            "dtype": "float64",
+            "resume": str(out / "pipe100.pt"),
+        },
+        data,
+        tmp_path,
+    )
     assert_equivalent(load(tmp_path / "back.pt"), ref, "pipeline -> one process")
 
 
@@ -242,11 +354,32 @@ def two_nodes(node_args: list[list[str]], timeout: float) -> list[subprocess.Com
     port = free_port()
     procs = []
     for rank, extra in enumerate(node_args):
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes=2", f"--node-rank={rank}",
-               "--nproc-per-node=1", "--rdzv-backend=c10d", f"--rdzv-endpoint=127.0.0.1:{port}",
-               "--rdzv-id=mnistlab-test", "--monitor-interval=0.5", "-m", "mnistlab", *extra]
-        procs.append(subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                      text=True, env=env(), cwd=ROOT, start_new_session=True))
+        cmd = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nnodes=2",
+            f"--node-rank={rank}",
+            "--nproc-per-node=1",
+            "--rdzv-backend=c10d",
+            f"--rdzv-endpoint=127.0.0.1:{port}",
+            "--rdzv-id=mnistlab-test",
+            "--monitor-interval=0.5",
+            "-m",
+            "mnistlab",
+            *extra,
+        ]
+        procs.append(
+            subprocess.Popen(
+                cmd,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+                env=env(),
+                cwd=ROOT,
+                start_new_session=True,
+            )
+        )
     results = []
     deadline = time.monotonic() + timeout
     try:
@@ -264,16 +397,30 @@ def two_nodes(node_args: list[list[str]], timeout: float) -> list[subprocess.Com
 
 
 def train_args(tmp_path: Path, *extra: str) -> list[str]:
-    return ["train", "--dataset", "mnist-sample", "--quiet", "--json", "--no-tensorboard",
-            "--run-dir", str(tmp_path / "run"), "--set", "train.threads=1", *extra]
+    return [
+        "train",
+        "--dataset",
+        "mnist-sample",
+        "--quiet",
+        "--json",
+        "--no-tensorboard",
+        "--run-dir",
+        str(tmp_path / "run"),
+        "--set",
+        "train.threads=1",
+        *extra,
+    ]
 
 
 @pytest.mark.timeout(240)
 def test_two_node_torchrun_launch(tmp_path):
-    args = train_args(tmp_path, "--parallel", "data", "--set", "train.steps=300",
-                      "--set", "train.eval_every=150")
+    args = train_args(
+        tmp_path, "--parallel", "data", "--set", "train.steps=300", "--set", "train.eval_every=150"
+    )
     node0, node1 = two_nodes([args, args], timeout=220)
-    assert node0.returncode == 0 and node1.returncode == 0, node0.stderr[-3000:] + node1.stderr[-3000:]
+    assert node0.returncode == 0 and node1.returncode == 0, (
+        node0.stderr[-3000:] + node1.stderr[-3000:]
+    )
     summary = json.loads(node0.stdout.strip().splitlines()[-1])  # rank 0 alone prints
     assert summary["steps"] == 300 and summary["test_accuracy"] > 0.85
     assert not node1.stdout.strip()
@@ -283,8 +430,13 @@ def test_two_node_torchrun_launch(tmp_path):
 @pytest.mark.timeout(180)
 def test_missing_data_on_one_node_stops_the_group(tmp_path):
     args = train_args(tmp_path, "--parallel", "data", "--set", "train.steps=2000")
-    missing = [*args, "--data-dir", str(tmp_path / "no-such-folder"), "--set",
-               "data.download=false"]
+    missing = [
+        *args,
+        "--data-dir",
+        str(tmp_path / "no-such-folder"),
+        "--set",
+        "data.download=false",
+    ]
     missing[missing.index("mnist-sample")] = "mnist"
     began = time.monotonic()
     node0, node1 = two_nodes([args, missing], timeout=150)
@@ -299,9 +451,27 @@ def test_missing_data_on_one_node_stops_the_group(tmp_path):
 @pytest.mark.timeout(180)
 def test_diverging_worker_stops_the_group_with_one_message(tmp_path):
     began = time.monotonic()
-    done = run_group([sys.executable, "-m", "mnistlab", *train_args(
-        tmp_path, "--parallel", "pipeline", "--workers", "2", "--set", "optim.lr=1e12",
-        "--set", "train.steps=400", "--set", "train.log_every=10")], timeout=150)
+    done = run_group(
+        [
+            sys.executable,
+            "-m",
+            "mnistlab",
+            *train_args(
+                tmp_path,
+                "--parallel",
+                "pipeline",
+                "--workers",
+                "2",
+                "--set",
+                "optim.lr=1e12",
+                "--set",
+                "train.steps=400",
+                "--set",
+                "train.log_every=10",
+            ),
+        ],
+        timeout=150,
+    )
     took = time.monotonic() - began
     assert done.returncode != 0
     errors = [ln for ln in done.stderr.splitlines() if ln.startswith("mnistlab: error: worker")]
@@ -328,19 +498,48 @@ def test_killed_worker_resumes_to_the_same_parameters(tmp_path):
     from mnistlab.io.checkpoint import load_checkpoint
 
     def command(run: Path, *extra: str) -> list[str]:
-        return [sys.executable, "-m", "torch.distributed.run", "--standalone",
-                "--nproc-per-node=2", "--monitor-interval=0.5", *extra, "-m", "mnistlab", "train",
-                "--dataset", "mnist-sample", "--parallel", "data", "--quiet", "--no-tensorboard",
-                "--run-dir", str(run), "--checkpoint-every", "100", "--resume", "auto",
-                "--set", "train.steps=600", "--set", "train.threads=1"]
+        return [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc-per-node=2",
+            "--monitor-interval=0.5",
+            *extra,
+            "-m",
+            "mnistlab",
+            "train",
+            "--dataset",
+            "mnist-sample",
+            "--parallel",
+            "data",
+            "--quiet",
+            "--no-tensorboard",
+            "--run-dir",
+            str(run),
+            "--checkpoint-every",
+            "100",
+            "--resume",
+            "auto",
+            "--set",
+            "train.steps=600",
+            "--set",
+            "train.threads=1",
+        ]
 
     whole = run_group(command(tmp_path / "whole"), timeout=120)
     assert whole.returncode == 0, whole.stderr[-3000:]
 
     killed = tmp_path / "killed"
-    proc = subprocess.Popen(command(killed, "--max-restarts=1"), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=env(), cwd=ROOT,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        command(killed, "--max-restarts=1"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env(),
+        cwd=ROOT,
+        start_new_session=True,
+    )
     try:
         deadline = time.monotonic() + 120
         while not (killed / "checkpoints" / "step-000200.pt").exists():

@@ -19,12 +19,17 @@ def fake_run(folder, lr0: float, torn: bool = False):
     folder.mkdir(parents=True)
     lines = []
     for step in range(100, 2001, 100):
-        record = {"step": step, "loss": 2.0 * math.exp(-step / 700) + 0.1,
-                  "loss_smoothed": 2.0 * math.exp(-step / 800) + 0.1,
-                  "lr": lr0 * 0.99 ** (step / 550)}
+        record = {
+            "step": step,
+            "loss": 2.0 * math.exp(-step / 700) + 0.1,
+            "loss_smoothed": 2.0 * math.exp(-step / 800) + 0.1,
+            "lr": lr0 * 0.99 ** (step / 550),
+        }
         if step % 500 == 0:
-            record |= {"validation_accuracy": 0.9 + step / 40000,
-                       "validation_accuracy_raw": 0.89 + step / 40000}
+            record |= {
+                "validation_accuracy": 0.9 + step / 40000,
+                "validation_accuracy_raw": 0.89 + step / 40000,
+            }
         lines.append(json.dumps(record))
     lines.append(json.dumps({"step": 2000, "test_accuracy": 0.95}))
     text = "\n".join(lines) + "\n" + ('{"step": 2100, "lo' if torn else "")

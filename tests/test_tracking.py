@@ -25,8 +25,13 @@ KEEP_ALL = {"scalars": 0, "images": 0, "histograms": 0, "tensors": 0}
 def tracked(sample_splits, tmp_path_factory):
     """One short seed-mlp run with every kind of event; shared by the tests below."""
     run_dir = tmp_path_factory.mktemp("run")
-    config = small_config("seed-mlp", f"train.steps={STEPS}", f"train.log_every={LOG}",
-                          f"train.eval_every={EVAL}", f"tracking.histogram_every={HIST}")
+    config = small_config(
+        "seed-mlp",
+        f"train.steps={STEPS}",
+        f"train.log_every={LOG}",
+        f"train.eval_every={EVAL}",
+        f"tracking.histogram_every={HIST}",
+    )
     result = train(config, sample_splits, callbacks=[TrackingCallback(run_dir)])
     events = EventAccumulator(str(run_dir), size_guidance=KEEP_ALL)
     events.Reload()
@@ -41,10 +46,14 @@ def test_scalars_match_metrics_jsonl(tracked):
     _, result, events, records = tracked
     logged = [r for r in records if "loss" in r]
     assert [r["step"] for r in logged] == [20, 40, 60]
-    for tag, key in [("train/loss", "loss"), ("train/data_loss", "data_loss"),
-                     ("train/learning_rate", "lr"), ("train/ema_decay", "ema_decay"),
-                     ("train/loss_smoothed", "loss_smoothed"),
-                     ("train/batch_accuracy", "train_accuracy")]:
+    for tag, key in [
+        ("train/loss", "loss"),
+        ("train/data_loss", "data_loss"),
+        ("train/learning_rate", "lr"),
+        ("train/ema_decay", "ema_decay"),
+        ("train/loss_smoothed", "loss_smoothed"),
+        ("train/batch_accuracy", "train_accuracy"),
+    ]:
         values = scalars(events, tag)
         assert sorted(values) == [20, 40, 60], tag
         for r in logged:
@@ -100,19 +109,26 @@ def test_hparams_with_final_metrics(tracked):
     _, result, events, _ = tracked
     content = events.PluginTagToContent("hparams")
     experiment = hparams_metadata.parse_experiment_plugin_data(
-        content[hparams_metadata.EXPERIMENT_TAG])
+        content[hparams_metadata.EXPERIMENT_TAG]
+    )
     assert {"optim.lr", "model.hidden", "train.steps"} <= {h.name for h in experiment.hparam_infos}
     assert "hparams/test_accuracy" in {m.name.tag for m in experiment.metric_infos}
     start = hparams_metadata.parse_session_start_info_plugin_data(
-        content[hparams_metadata.SESSION_START_INFO_TAG])
+        content[hparams_metadata.SESSION_START_INFO_TAG]
+    )
     assert start.hparams["optim.lr"].number_value == pytest.approx(0.1)
     assert start.hparams["preset"].string_value == "seed-mlp"
     assert scalars(events, "hparams/test_accuracy")[60] == pytest.approx(result.test.accuracy)
 
 
 def test_jsonl_only_writes_no_events(sample_splits, tmp_path):
-    config = small_config("seed-mlp", "train.steps=20", "train.log_every=10", "train.eval_every=20",
-                          "tracking.tensorboard=false")
+    config = small_config(
+        "seed-mlp",
+        "train.steps=20",
+        "train.log_every=10",
+        "train.eval_every=20",
+        "tracking.tensorboard=false",
+    )
     train(config, sample_splits, callbacks=[TrackingCallback(tmp_path)])
     assert not list(tmp_path.glob("events.out.tfevents.*"))
     records = read_metrics(tmp_path)
@@ -122,15 +138,32 @@ def test_jsonl_only_writes_no_events(sample_splits, tmp_path):
 
 def test_train_command_writes_events(tmp_path, capsys):
     run_dir = tmp_path / "run"
-    code = main(["train", "--preset", "seed-softmax", "--dataset", "mnist-sample", "--quiet",
-                 "--json", "--run-dir", str(run_dir), "--set", "train.steps=20",
-                 "--set", "train.log_every=10", "--set", "train.eval_every=10"])
+    code = main(
+        [
+            "train",
+            "--preset",
+            "seed-softmax",
+            "--dataset",
+            "mnist-sample",
+            "--quiet",
+            "--json",
+            "--run-dir",
+            str(run_dir),
+            "--set",
+            "train.steps=20",
+            "--set",
+            "train.log_every=10",
+            "--set",
+            "train.eval_every=10",
+        ]
+    )
     assert code == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     events = EventAccumulator(str(run_dir))
     events.Reload()
     assert scalars(events, "validation/accuracy")[20] == pytest.approx(
-        summary["validation_accuracy"])
+        summary["validation_accuracy"]
+    )
     assert [r["step"] for r in read_metrics(run_dir)][:2] == [10, 20]
 
 

@@ -45,26 +45,60 @@ def test_the_original_naive_loss_diverges_loudly(sample_splits):
     # The notes' program: -sum(y * log(softmax)) over the batch, lr 0.5. It reaches NaN (as it
     # does in TensorFlow); mnistlab stops and names the step instead of reporting 9.8%.
     config = resolve("seed-softmax", None, ["train.loss=naive", "train.log_every=10"])
-    with pytest.raises(TrainingError, match=r"diverged: the loss became (nan|inf|-inf) at step \d+"):
+    with pytest.raises(
+        TrainingError, match=r"diverged: the loss became (nan|inf|-inf) at step \d+"
+    ):
         train(config, sample_splits)
 
 
 def test_cli_json_last_line(capsys, tmp_path):
-    code = main(["train", "--preset", "seed-softmax", "--dataset", "mnist-sample", "--set",
-                 "train.steps=100", "--run-dir", str(tmp_path / "run"), "--json", "--quiet"])
+    code = main(
+        [
+            "train",
+            "--preset",
+            "seed-softmax",
+            "--dataset",
+            "mnist-sample",
+            "--set",
+            "train.steps=100",
+            "--run-dir",
+            str(tmp_path / "run"),
+            "--json",
+            "--quiet",
+        ]
+    )
     assert code == 0
     last = capsys.readouterr().out.strip().splitlines()[-1]
     summary = json.loads(last)
-    for key in ("test_accuracy", "validation_accuracy", "steps", "wall_seconds",
-                "samples_per_second", "dataset", "data_dir"):
+    for key in (
+        "test_accuracy",
+        "validation_accuracy",
+        "steps",
+        "wall_seconds",
+        "samples_per_second",
+        "dataset",
+        "data_dir",
+    ):
         assert key in summary
     assert summary["steps"] == 100 and summary["dataset"] == "mnist-sample"
     assert (tmp_path / "run" / "config.toml").exists()
 
 
 def test_cli_falls_back_to_the_sample_when_mnist_is_missing(capsys, tmp_path):
-    code = main(["train", "--preset", "seed-softmax", "--set", "train.steps=20", "--set",
-                 "data.download=false", "--run-dir", str(tmp_path / "run"), "--json"])
+    code = main(
+        [
+            "train",
+            "--preset",
+            "seed-softmax",
+            "--set",
+            "train.steps=20",
+            "--set",
+            "data.download=false",
+            "--run-dir",
+            str(tmp_path / "run"),
+            "--json",
+        ]
+    )
     assert code == 0
     out = capsys.readouterr()
     assert "training on the bundled mnist-sample" in out.err
@@ -72,8 +106,17 @@ def test_cli_falls_back_to_the_sample_when_mnist_is_missing(capsys, tmp_path):
 
 
 def test_cli_insists_on_mnist_when_asked(capsys, tmp_path):
-    code = main(["train", "--dataset", "mnist", "--set", "data.download=false",
-                 "--run-dir", str(tmp_path / "run")])
+    code = main(
+        [
+            "train",
+            "--dataset",
+            "mnist",
+            "--set",
+            "data.download=false",
+            "--run-dir",
+            str(tmp_path / "run"),
+        ]
+    )
     assert code == 1
     err = capsys.readouterr().err
     assert "train-images-idx3-ubyte" in err and "t10k-labels-idx1-ubyte" in err

@@ -67,8 +67,14 @@ class Board:
                 self.process.wait(timeout)
 
 
-def start_board(logdir: str | Path, *, host: str = "127.0.0.1", port: int | None = None,
-                log: str | Path | None = None, wait: float = 60.0) -> Board:
+def start_board(
+    logdir: str | Path,
+    *,
+    host: str = "127.0.0.1",
+    port: int | None = None,
+    log: str | Path | None = None,
+    wait: float = 60.0,
+) -> Board:
     """Start TensorBoard on ``logdir`` and return once it answers HTTP (or raise).
 
     ``port=None`` takes 6006 when free, else any free port; ``port=0`` always any free port.
@@ -78,25 +84,46 @@ def start_board(logdir: str | Path, *, host: str = "127.0.0.1", port: int | None
     elif port == 0:
         port = free_port(host)
     log_path = Path(log) if log else Path(logdir) / "tensorboard.log"
-    command = [sys.executable, "-m", "tensorboard.main", "--logdir", str(logdir),
-               "--host", host, "--port", str(port), "--load_fast", "false",
-               "--reload_interval", "5"]
+    command = [
+        sys.executable,
+        "-m",
+        "tensorboard.main",
+        "--logdir",
+        str(logdir),
+        "--host",
+        host,
+        "--port",
+        str(port),
+        "--load_fast",
+        "false",
+        "--reload_interval",
+        "5",
+    ]
     try:
         out: IO[bytes] = open(log_path, "wb")  # noqa: SIM115 - the child keeps writing to it
     except OSError as exc:
-        raise _error(f"cannot write the TensorBoard log {log_path}: "
-                            f"{exc.strerror or exc}") from None
+        raise _error(
+            f"cannot write the TensorBoard log {log_path}: {exc.strerror or exc}"
+        ) from None
     with out:
-        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT,
-                                   stdin=subprocess.DEVNULL, start_new_session=True)
+        process = subprocess.Popen(
+            command,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
     url_host = f"[{host}]" if ":" in host else host
     board = Board(process, f"http://{url_host}:{port}/", log_path)
     deadline = time.monotonic() + wait
     while time.monotonic() < deadline:
         if process.poll() is not None:
             tail = log_path.read_text(errors="replace").strip().splitlines()[-3:]
-            raise _error(f"TensorBoard stopped at start (exit {process.returncode}): "
-                                + " / ".join(tail) + f"; try another --port (full log: {log_path})")
+            raise _error(
+                f"TensorBoard stopped at start (exit {process.returncode}): "
+                + " / ".join(tail)
+                + f"; try another --port (full log: {log_path})"
+            )
         try:
             with urllib.request.urlopen(board.url + "data/logdir", timeout=2) as response:
                 if response.status == 200:
@@ -104,8 +131,7 @@ def start_board(logdir: str | Path, *, host: str = "127.0.0.1", port: int | None
         except OSError:
             time.sleep(0.25)
     board.stop()
-    raise _error(f"TensorBoard did not answer at {board.url} within {wait:.0f} s "
-                        f"(log: {log_path})")
+    raise _error(f"TensorBoard did not answer at {board.url} within {wait:.0f} s (log: {log_path})")
 
 
 class BoardCallback(Callback):
@@ -124,16 +150,22 @@ class BoardCallback(Callback):
             return
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.board = start_board(self.run_dir, host=self.host, port=self.port)
-        print(f"mnistlab: TensorBoard at {self.board.url} (logdir {self.run_dir})",
-              file=sys.stderr, flush=True)
+        print(
+            f"mnistlab: TensorBoard at {self.board.url} (logdir {self.run_dir})",
+            file=sys.stderr,
+            flush=True,
+        )
         atexit.register(self._at_exit)
 
     def _at_exit(self) -> None:
         if self.board is None:
             return
         if sys.stdin.isatty() and sys.stderr.isatty() and self.board.process.poll() is None:
-            print(f"mnistlab: TensorBoard keeps serving at {self.board.url}; Ctrl-C stops it",
-                  file=sys.stderr, flush=True)
+            print(
+                f"mnistlab: TensorBoard keeps serving at {self.board.url}; Ctrl-C stops it",
+                file=sys.stderr,
+                flush=True,
+            )
             with contextlib.suppress(KeyboardInterrupt):
                 self.board.process.wait()
         self.board.stop()
@@ -142,23 +174,39 @@ class BoardCallback(Callback):
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = sub.add_parser(
-        "board", help="start TensorBoard for existing runs (127.0.0.1)",
-        description="Start the real TensorBoard on a folder of runs and print its address.")
-    p.add_argument("runs_dir", nargs="?", default="runs", metavar="RUNS_DIR",
-                   help="a run folder or a folder of runs (default: runs)")
-    p.add_argument("--port", type=int, default=None,
-                   help=f"port (default: {DEFAULT_PORT}, or a free one if it is taken; 0: any free)")
-    p.add_argument("--host", default="127.0.0.1",
-                   help="address to bind (default: 127.0.0.1, this machine only; 0.0.0.0 shares "
-                        "it with your network)")
+        "board",
+        help="start TensorBoard for existing runs (127.0.0.1)",
+        description="Start the real TensorBoard on a folder of runs and print its address.",
+    )
+    p.add_argument(
+        "runs_dir",
+        nargs="?",
+        default="runs",
+        metavar="RUNS_DIR",
+        help="a run folder or a folder of runs (default: runs)",
+    )
+    p.add_argument(
+        "--port",
+        type=int,
+        default=None,
+        help=f"port (default: {DEFAULT_PORT}, or a free one if it is taken; 0: any free)",
+    )
+    p.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address to bind (default: 127.0.0.1, this machine only; 0.0.0.0 shares "
+        "it with your network)",
+    )
     p.set_defaults(func=run_board)
 
 
 def run_board(args: argparse.Namespace) -> int:
     logdir = Path(args.runs_dir)
     if not logdir.is_dir():
-        raise _error(f"{logdir} is not a folder: name a run folder or a folder of runs "
-                            "(`mnistlab train --run-dir DIR` chooses where a run goes)")
+        raise _error(
+            f"{logdir} is not a folder: name a run folder or a folder of runs "
+            "(`mnistlab train --run-dir DIR` chooses where a run goes)"
+        )
     log = Path(tempfile.gettempdir()) / f"mnistlab-tensorboard-{os.getpid()}.log"
     board = start_board(logdir, host=args.host, port=args.port, log=log)
     print(f"TensorBoard at {board.url} (logdir {logdir}); Ctrl-C stops it", flush=True)

@@ -32,18 +32,23 @@ from mnistlab.errors import DataError
 def add_data_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     """Add ``data`` and its subcommands to the top-level ``mnistlab`` parser."""
     p = subparsers.add_parser(
-        "data", help="list, inspect, verify, download and locate datasets",
+        "data",
+        help="list, inspect, verify, download and locate datasets",
         description="Datasets are found offline first: --data-dir (or $MNISTLAB_DATA), the user "
-        "cache, /usr/share/datasets; downloads go into the cache.")
+        "cache, /usr/share/datasets; downloads go into the cache.",
+    )
     sub = p.add_subparsers(dest="data_command", metavar="ACTION", required=True)
 
     def add(name: str, help: str, with_name: bool = True) -> argparse.ArgumentParser:
         q = sub.add_parser(name, help=help, description=help)
         if with_name:
-            q.add_argument("name", metavar="NAME",
-                           help=f"dataset name: {', '.join(DATASETS)}")
-        q.add_argument("--data-dir", metavar="DIR", default=None,
-                       help="folder holding the four IDX files (.gz or not), or NAME/ subfolders")
+            q.add_argument("name", metavar="NAME", help=f"dataset name: {', '.join(DATASETS)}")
+        q.add_argument(
+            "--data-dir",
+            metavar="DIR",
+            default=None,
+            help="folder holding the four IDX files (.gz or not), or NAME/ subfolders",
+        )
         q.set_defaults(func=run_data)
         return q
 
@@ -51,9 +56,14 @@ def add_data_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ig
     add("info", "files, sizes, checksums, mirrors, licence, and where the dataset was found")
     add("verify", "check every file (checksum, IDX header, counts, labels); exit 1 on any problem")
     d = add("download", "download the four files, verified, into the cache (or --data-dir)")
-    d.add_argument("--mirror", action="append", default=None, metavar="URL",
-                   help="download from this base URL instead of the registered mirrors "
-                   "(repeatable; tried in order)")
+    d.add_argument(
+        "--mirror",
+        action="append",
+        default=None,
+        metavar="URL",
+        help="download from this base URL instead of the registered mirrors "
+        "(repeatable; tried in order)",
+    )
     add("path", "print the folder that holds the dataset's files")
 
 
@@ -72,8 +82,9 @@ def run_data(args: argparse.Namespace) -> int:
         return _verify(verify(spec, args.data_dir))
     if action == "download":
         try:
-            located = download(spec, args.data_dir, progress=download_progress(),
-                               mirrors=args.mirror)
+            located = download(
+                spec, args.data_dir, progress=download_progress(), mirrors=args.mirror
+            )
         except DataError:
             if sys.stderr.isatty():
                 print(file=sys.stderr)  # end a half-drawn progress bar before the error

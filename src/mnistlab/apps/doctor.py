@@ -30,8 +30,12 @@ from pathlib import Path
 
 MIN_PYTHON = (3, 10)
 # (distribution, module to import, minimum version as in pyproject.toml)
-CORE_PACKAGES = (("torch", "torch", "2.4"), ("numpy", "numpy", "1.24"),
-                 ("tensorboard", "tensorboard", "2.14"), ("protobuf", "google.protobuf", None))
+CORE_PACKAGES = (
+    ("torch", "torch", "2.4"),
+    ("numpy", "numpy", "1.24"),
+    ("tensorboard", "tensorboard", "2.14"),
+    ("protobuf", "google.protobuf", None),
+)
 
 
 @dataclass
@@ -80,8 +84,15 @@ def installed(paths: Sequence[str] | None = None) -> dict[str, list[Install]]:
         seen.add(key)
         location = os.path.dirname(meta_path) if meta_path else str(dist.locate_file(""))
         found.setdefault(normalize(name), []).append(
-            Install(name, dist.version or "?", meta_path, location, tuple(dist.requires or ()),
-                    _editable_root(dist)))
+            Install(
+                name,
+                dist.version or "?",
+                meta_path,
+                location,
+                tuple(dist.requires or ()),
+                _editable_root(dist),
+            )
+        )
     return found
 
 
@@ -100,9 +111,15 @@ def _same_install(copies: list[Install]) -> list[Install]:
     """Drop the ``*.egg-info`` that ``pip install -e`` leaves inside the project it installs: with
     the project's ``src`` on ``sys.path`` it looks like a second copy but is the same source."""
     roots = [c.editable_root for c in copies if c.editable_root]
-    return [c for c in copies if not (
-        c.metadata_path.endswith(".egg-info") and c.editable_root is None
-        and any(c.metadata_path.startswith(root + os.sep) for root in roots))]
+    return [
+        c
+        for c in copies
+        if not (
+            c.metadata_path.endswith(".egg-info")
+            and c.editable_root is None
+            and any(c.metadata_path.startswith(root + os.sep) for root in roots)
+        )
+    ]
 
 
 def duplicate_findings(installs: dict[str, list[Install]]) -> list[Finding]:
@@ -115,12 +132,16 @@ def duplicate_findings(installs: dict[str, list[Install]]) -> list[Finding]:
         first = copies[0]
         where = "; ".join(f"{c.version} at {c.metadata_path or c.location}" for c in copies)
         others = ", ".join(c.metadata_path or c.location for c in copies[1:])
-        out.append(Finding(
-            "duplicates", "problem",
-            f"{first.name} is installed {len(copies)} times: {where}. Python uses the first "
-            f"({first.version}); pip may change another, and a mix of the two breaks at import",
-            f"keep one: remove {others} (or run `python -m pip uninstall {first.name}` until "
-            f"none is left and install it once), or take the extra folder off PYTHONPATH"))
+        out.append(
+            Finding(
+                "duplicates",
+                "problem",
+                f"{first.name} is installed {len(copies)} times: {where}. Python uses the first "
+                f"({first.version}); pip may change another, and a mix of the two breaks at import",
+                f"keep one: remove {others} (or run `python -m pip uninstall {first.name}` until "
+                f"none is left and install it once), or take the extra folder off PYTHONPATH",
+            )
+        )
     return out
 
 
@@ -130,8 +151,14 @@ def requirement_findings(installs: dict[str, list[Install]]) -> list[Finding]:
         from packaging.requirements import InvalidRequirement, Requirement
         from packaging.version import InvalidVersion, Version
     except ImportError:
-        return [Finding("requirements", "note", "the `packaging` library is missing, so "
-                        "declared requirements were not checked", "python -m pip install packaging")]
+        return [
+            Finding(
+                "requirements",
+                "note",
+                "the `packaging` library is missing, so declared requirements were not checked",
+                "python -m pip install packaging",
+            )
+        ]
     in_use = {name: copies[0] for name, copies in installs.items()}
     out = []
     for _, inst in sorted(in_use.items()):
@@ -144,20 +171,29 @@ def requirement_findings(installs: dict[str, list[Install]]) -> list[Finding]:
                 continue
             have = in_use.get(normalize(req.name))
             if have is None:
-                out.append(Finding("requirements", "problem",
-                                   f"{inst.name} {inst.version} requires {req}, which is not installed",
-                                   f"python -m pip install '{req}'"))
+                out.append(
+                    Finding(
+                        "requirements",
+                        "problem",
+                        f"{inst.name} {inst.version} requires {req}, which is not installed",
+                        f"python -m pip install '{req}'",
+                    )
+                )
                 continue
             try:
                 ok = req.specifier.contains(Version(have.version), prereleases=True)
             except InvalidVersion:
                 continue
             if not ok:
-                out.append(Finding(
-                    "requirements", "problem",
-                    f"{inst.name} {inst.version} requires {req}, but {have.name} {have.version} is "
-                    f"installed (at {have.location})",
-                    f"python -m pip install '{req.name}{req.specifier}' (or upgrade {inst.name})"))
+                out.append(
+                    Finding(
+                        "requirements",
+                        "problem",
+                        f"{inst.name} {inst.version} requires {req}, but {have.name} {have.version} is "
+                        f"installed (at {have.location})",
+                        f"python -m pip install '{req.name}{req.specifier}' (or upgrade {inst.name})",
+                    )
+                )
     return out
 
 
@@ -167,8 +203,13 @@ def package_findings(paths: Sequence[str] | None = None) -> list[Finding]:
     found = duplicate_findings(installs) + requirement_findings(installs)
     if not found:
         count = len(installs)
-        found.append(Finding("packages", "ok", f"{count} distributions, each installed once, "
-                             "their declared requirements met"))
+        found.append(
+            Finding(
+                "packages",
+                "ok",
+                f"{count} distributions, each installed once, their declared requirements met",
+            )
+        )
     return found
 
 
@@ -176,43 +217,79 @@ def version_findings() -> list[Finding]:
     """Python and the core libraries: present, new enough, and importing the copy pip knows."""
     out = []
     py = sys.version_info
-    out.append(Finding("python", "ok" if py[:2] >= MIN_PYTHON else "problem",
-                       f"{platform.python_version()} ({sys.executable})",
-                       "" if py[:2] >= MIN_PYTHON else "install Python 3.10 or newer"))
+    out.append(
+        Finding(
+            "python",
+            "ok" if py[:2] >= MIN_PYTHON else "problem",
+            f"{platform.python_version()} ({sys.executable})",
+            "" if py[:2] >= MIN_PYTHON else "install Python 3.10 or newer",
+        )
+    )
     for dist, module, minimum in CORE_PACKAGES:
         try:
             version = metadata.version(dist)
         except metadata.PackageNotFoundError:
-            out.append(Finding(dist, "problem", "not installed",
-                               f"python -m pip install '{dist}>={minimum}'" if minimum
-                               else f"python -m pip install {dist}"))
+            out.append(
+                Finding(
+                    dist,
+                    "problem",
+                    "not installed",
+                    f"python -m pip install '{dist}>={minimum}'"
+                    if minimum
+                    else f"python -m pip install {dist}",
+                )
+            )
             continue
         try:
             mod = importlib.import_module(module)
         except Exception as exc:  # noqa: BLE001 - any import failure is the finding
-            out.append(Finding(dist, "problem", f"{version} is installed but `import {module}` "
-                               f"fails: {type(exc).__name__}: {exc}",
-                               f"python -m pip install --force-reinstall {dist}"))
+            out.append(
+                Finding(
+                    dist,
+                    "problem",
+                    f"{version} is installed but `import {module}` "
+                    f"fails: {type(exc).__name__}: {exc}",
+                    f"python -m pip install --force-reinstall {dist}",
+                )
+            )
             continue
         imported = str(getattr(mod, "__version__", version))
         detail = f"{version} ({os.path.dirname(getattr(mod, '__file__', '') or '')})"
         if _base(imported) != _base(version):
-            out.append(Finding(dist, "problem", f"pip says {version} but Python imports "
-                               f"{imported} from {getattr(mod, '__file__', '?')}",
-                               "two copies are installed: see the duplicates below"))
+            out.append(
+                Finding(
+                    dist,
+                    "problem",
+                    f"pip says {version} but Python imports "
+                    f"{imported} from {getattr(mod, '__file__', '?')}",
+                    "two copies are installed: see the duplicates below",
+                )
+            )
         elif minimum and _older(version, minimum):
-            out.append(Finding(dist, "problem", f"{detail} is older than {minimum}",
-                               f"python -m pip install --upgrade '{dist}>={minimum}'"))
+            out.append(
+                Finding(
+                    dist,
+                    "problem",
+                    f"{detail} is older than {minimum}",
+                    f"python -m pip install --upgrade '{dist}>={minimum}'",
+                )
+            )
         else:
             out.append(Finding(dist, "ok", detail))
     try:
         from torch.utils.tensorboard import SummaryWriter  # noqa: F401
+
         out.append(Finding("tensorboard writer", "ok", "torch.utils.tensorboard imports"))
     except Exception as exc:  # noqa: BLE001
-        out.append(Finding("tensorboard writer", "problem",
-                           f"torch.utils.tensorboard fails to import: {type(exc).__name__}: {exc}",
-                           "python -m pip install --force-reinstall tensorboard protobuf "
-                           "(and remove duplicate protobuf copies listed below)"))
+        out.append(
+            Finding(
+                "tensorboard writer",
+                "problem",
+                f"torch.utils.tensorboard fails to import: {type(exc).__name__}: {exc}",
+                "python -m pip install --force-reinstall tensorboard protobuf "
+                "(and remove duplicate protobuf copies listed below)",
+            )
+        )
     return out
 
 
@@ -223,18 +300,30 @@ def _base(version: str) -> str:
 def _older(version: str, minimum: str) -> bool:
     def parts(v: str) -> tuple[int, ...]:
         return tuple(int(x) for x in re.findall(r"\d+", _base(v))[:3])
+
     return parts(version) < parts(minimum)
 
 
 def device_findings() -> list[Finding]:
     import torch
 
-    out = [Finding("cpu", "ok", f"{os.cpu_count()} cores; torch uses {torch.get_num_threads()} "
-                   "threads (train.threads changes it)")]
+    out = [
+        Finding(
+            "cpu",
+            "ok",
+            f"{os.cpu_count()} cores; torch uses {torch.get_num_threads()} "
+            "threads (train.threads changes it)",
+        )
+    ]
     if torch.cuda.is_available():
         names = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
-        out.append(Finding("cuda", "ok", f"{len(names)} device(s): {', '.join(names)} "
-                           f"(CUDA {torch.version.cuda})"))
+        out.append(
+            Finding(
+                "cuda",
+                "ok",
+                f"{len(names)} device(s): {', '.join(names)} (CUDA {torch.version.cuda})",
+            )
+        )
     else:
         why = "torch is a CPU-only build" if torch.version.cuda is None else "no device visible"
         out.append(Finding("cuda", "note", f"no CUDA device ({why}); training runs on the CPU"))
@@ -254,25 +343,46 @@ def dataset_findings(data_dir: str | None = None) -> list[Finding]:
         except DataError:
             fix = f"mnistlab data download {spec.name} (or --data-dir DIR with its four files)"
             status = "problem" if spec.bundled else "note"
-            out.append(Finding(check, status, "not found offline"
-                               + ("" if spec.bundled else "; it is downloaded on first use"), fix))
+            out.append(
+                Finding(
+                    check,
+                    status,
+                    "not found offline"
+                    + ("" if spec.bundled else "; it is downloaded on first use"),
+                    fix,
+                )
+            )
             continue
         where = f"{loc.source}: {loc.directory}"
         try:
             report = verify(spec, data_dir)
         except DataError as exc:
-            out.append(Finding(check, "problem", f"{where}: {exc}",
-                               f"delete the files in {loc.directory} and run "
-                               f"`mnistlab data download {spec.name}`"))
+            out.append(
+                Finding(
+                    check,
+                    "problem",
+                    f"{where}: {exc}",
+                    f"delete the files in {loc.directory} and run "
+                    f"`mnistlab data download {spec.name}`",
+                )
+            )
             continue
         if not report.ok:
-            out.append(Finding(check, "problem", f"{where}: " + "; ".join(report.problems),
-                               f"delete the damaged files and run "
-                               f"`mnistlab data download {spec.name}`"))
+            out.append(
+                Finding(
+                    check,
+                    "problem",
+                    f"{where}: " + "; ".join(report.problems),
+                    f"delete the damaged files and run `mnistlab data download {spec.name}`",
+                )
+            )
             continue
         sums = [c.checksum_ok for c in report.files]
-        state = ("checksums match" if all(sums) else
-                 "headers and counts verified (no published checksum for this form)")
+        state = (
+            "checksums match"
+            if all(sums)
+            else "headers and counts verified (no published checksum for this form)"
+        )
         out.append(Finding(check, "ok", f"{where}; {state}"))
     return out
 
@@ -284,23 +394,37 @@ def run_dir_finding(run_dir: str | Path = "runs") -> Finding:
     while not probe.exists() and probe != probe.parent:
         probe = probe.parent
     if not probe.is_dir():
-        return Finding("run folder", "problem", f"{probe} is a file, so {target} cannot be created",
-                       "choose another folder with --run-dir")
+        return Finding(
+            "run folder",
+            "problem",
+            f"{probe} is a file, so {target} cannot be created",
+            "choose another folder with --run-dir",
+        )
     try:
         with tempfile.TemporaryFile(dir=probe):
             pass
     except OSError as exc:
-        return Finding("run folder", "problem", f"{probe} is not writable ({exc.strerror or exc})",
-                       f"choose another folder with --run-dir, or `chmod u+w {probe}`")
+        return Finding(
+            "run folder",
+            "problem",
+            f"{probe} is not writable ({exc.strerror or exc})",
+            f"choose another folder with --run-dir, or `chmod u+w {probe}`",
+        )
     note = "" if target.exists() else f" (will be created inside {probe})"
     return Finding("run folder", "ok", f"{target} is writable{note}")
 
 
-def collect(*, paths: Sequence[str] | None = None, data_dir: str | None = None,
-            run_dir: str | Path = "runs") -> list[Finding]:
+def collect(
+    *, paths: Sequence[str] | None = None, data_dir: str | None = None, run_dir: str | Path = "runs"
+) -> list[Finding]:
     """Every check; ``paths`` replaces ``sys.path`` for the package scan (tests pass fake ones)."""
-    return (version_findings() + device_findings() + package_findings(paths)
-            + dataset_findings(data_dir) + [run_dir_finding(run_dir)])
+    return (
+        version_findings()
+        + device_findings()
+        + package_findings(paths)
+        + dataset_findings(data_dir)
+        + [run_dir_finding(run_dir)]
+    )
 
 
 def exit_status(findings: Iterable[Finding]) -> int:
@@ -328,12 +452,18 @@ def render(findings: Iterable[Finding]) -> str:
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = sub.add_parser(
-        "doctor", help="check that this setup can train (versions, duplicates, devices, data)",
+        "doctor",
+        help="check that this setup can train (versions, duplicates, devices, data)",
         description="Check Python and library versions, duplicate installations, broken "
-                    "requirements, devices, datasets and the run folder. Exit 1 on any problem.")
+        "requirements, devices, datasets and the run folder. Exit 1 on any problem.",
+    )
     p.add_argument("--data-dir", metavar="DIR", help="also look for datasets in this folder")
-    p.add_argument("--run-dir", metavar="DIR", default="runs",
-                   help="the run folder to check for writing (default: runs)")
+    p.add_argument(
+        "--run-dir",
+        metavar="DIR",
+        default="runs",
+        help="the run folder to check for writing (default: runs)",
+    )
     p.add_argument("--json", action="store_true", help="print the findings as one JSON object")
     p.set_defaults(func=run_doctor)
 

@@ -17,39 +17,60 @@ CKPT_HELP = "a checkpoint file, a run folder (its latest checkpoint) or RUN:best
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    p = sub.add_parser("eval", help="accuracy and confusion matrix of a checkpoint",
-                       description="Evaluate a checkpoint on a split of its dataset (or another).")
+    p = sub.add_parser(
+        "eval",
+        help="accuracy and confusion matrix of a checkpoint",
+        description="Evaluate a checkpoint on a split of its dataset (or another).",
+    )
     p.add_argument("checkpoint", metavar="CKPT", help=CKPT_HELP)
-    p.add_argument("--dataset", metavar="NAME", help="evaluate on this dataset (default: the "
-                   "one it was trained on)")
+    p.add_argument(
+        "--dataset",
+        metavar="NAME",
+        help="evaluate on this dataset (default: the one it was trained on)",
+    )
     p.add_argument("--data-dir", metavar="DIR", help="folder holding the four IDX files")
     p.add_argument("--split", choices=("test", "validation", "train"), default="test")
-    p.add_argument("--raw-weights", action="store_true",
-                   help="evaluate the trained parameters instead of their moving average (EMA)")
+    p.add_argument(
+        "--raw-weights",
+        action="store_true",
+        help="evaluate the trained parameters instead of their moving average (EMA)",
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
-    p.add_argument("--plot", metavar="FILE.png",
-                   help="also write the confusion matrix and the worst mistakes as a PNG")
+    p.add_argument(
+        "--plot",
+        metavar="FILE.png",
+        help="also write the confusion matrix and the worst mistakes as a PNG",
+    )
     p.set_defaults(func=run_eval)
 
 
 @torch.no_grad()
-def probabilities(model: torch.nn.Module, images: torch.Tensor, batch: int = 10_000) -> torch.Tensor:
-    parts = [torch.softmax(model(images[i : i + batch]), dim=1)
-             for i in range(0, images.shape[0], batch)]
+def probabilities(
+    model: torch.nn.Module, images: torch.Tensor, batch: int = 10_000
+) -> torch.Tensor:
+    parts = [
+        torch.softmax(model(images[i : i + batch]), dim=1) for i in range(0, images.shape[0], batch)
+    ]
     return torch.cat(parts) if parts else torch.empty(0, 10)
 
 
 def table(result: dict[str, Any], class_names: list[str]) -> str:
     """Per-class accuracy and the confusion matrix as aligned text."""
     width = max(5, max(len(c) for c in class_names))
-    lines = [f"accuracy {100 * result['accuracy']:.2f}% on {result['count']:,} digits", "",
-             f"{'class'.ljust(width)}  accuracy  count"]
+    lines = [
+        f"accuracy {100 * result['accuracy']:.2f}% on {result['count']:,} digits",
+        "",
+        f"{'class'.ljust(width)}  accuracy  count",
+    ]
     for name, acc, row in zip(class_names, result["per_class"], result["confusion"], strict=True):
         shown = "-" if acc is None else f"{100 * acc:.2f}%"
         lines.append(f"{name.ljust(width)}  {shown:>8}  {sum(row):>5,}")
     cells = max(4, max(len(str(v)) for row in result["confusion"] for v in row) + 1)
-    lines += ["", "confusion matrix (rows: true class, columns: predicted)",
-              " " * width + "".join(c[:cells - 1].rjust(cells) for c in class_names)]
+    lines += [
+        "",
+        "confusion matrix (rows: true class, columns: predicted)",
+        " " * width + "".join(c[: cells - 1].rjust(cells) for c in class_names),
+    ]
     for name, row in zip(class_names, result["confusion"], strict=True):
         lines.append(name.ljust(width) + "".join(str(v).rjust(cells) for v in row))
     return "\n".join(lines)
@@ -73,9 +94,14 @@ def run_eval(args: argparse.Namespace) -> int:
     summary = summarize(probs.argmax(dim=1), split.labels, data.num_classes)
     uses_ema = bool(ckpt.state.get("ema")) and not args.raw_weights
     result: dict[str, Any] = {
-        "checkpoint": str(ckpt.path), "step": ckpt.step, "preset": config.preset,
-        "weights": "ema" if uses_ema else "raw", "dataset": data.name, "split": args.split,
-        "count": summary.count, "accuracy": summary.accuracy,
+        "checkpoint": str(ckpt.path),
+        "step": ckpt.step,
+        "preset": config.preset,
+        "weights": "ema" if uses_ema else "raw",
+        "dataset": data.name,
+        "split": args.split,
+        "count": summary.count,
+        "accuracy": summary.accuracy,
         "per_class": [None if math.isnan(a) else a for a in summary.per_class],
         "confusion": summary.confusion,
     }
@@ -83,15 +109,22 @@ def run_eval(args: argparse.Namespace) -> int:
     if args.plot:
         from mnistlab.io.eval_plot import plot_evaluation
 
-        title = (f"{config.preset} step {ckpt.step:,} ({result['weights']} weights) on "
-                 f"{data.name} {args.split}: {100 * summary.accuracy:.2f}%")
-        result["plot"] = str(plot_evaluation(args.plot, summary.confusion, split.images,
-                                             split.labels, probs, names, title=title))
+        title = (
+            f"{config.preset} step {ckpt.step:,} ({result['weights']} weights) on "
+            f"{data.name} {args.split}: {100 * summary.accuracy:.2f}%"
+        )
+        result["plot"] = str(
+            plot_evaluation(
+                args.plot, summary.confusion, split.images, split.labels, probs, names, title=title
+            )
+        )
     if args.json:
         print(json.dumps(result))
         return 0
-    print(f"mnistlab eval: {ckpt.path} ({config.preset}, step {ckpt.step:,}, "
-          f"{'EMA' if uses_ema else 'raw'} weights) on {data.name} {args.split}")
+    print(
+        f"mnistlab eval: {ckpt.path} ({config.preset}, step {ckpt.step:,}, "
+        f"{'EMA' if uses_ema else 'raw'} weights) on {data.name} {args.split}"
+    )
     print(table(result, names))
     if args.plot:
         print(f"\nplot written to {result['plot']}")

@@ -39,8 +39,10 @@ def load_image(path: str | Path) -> np.ndarray:
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(path) as img:
                 if img.width * img.height > MAX_PIXELS:
-                    raise DataError(f"{where}: image of {img.width}x{img.height} pixels is too large "
-                                    f"(more than {MAX_PIXELS:,}); scale it down first")
+                    raise DataError(
+                        f"{where}: image of {img.width}x{img.height} pixels is too large "
+                        f"(more than {MAX_PIXELS:,}); scale it down first"
+                    )
                 img.load()
                 return to_grey(ImageOps.exif_transpose(img) or img)
     except DataError:
@@ -50,8 +52,10 @@ def load_image(path: str | Path) -> np.ndarray:
     except IsADirectoryError:
         raise DataError(f"{where}: is a folder, not an image") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise DataError(f"{where}: refused: the image claims so many pixels it could be a "
-                        "decompression bomb; scale it down first") from None
+        raise DataError(
+            f"{where}: refused: the image claims so many pixels it could be a "
+            "decompression bomb; scale it down first"
+        ) from None
     except UnidentifiedImageError:
         what = "empty file" if path.is_file() and path.stat().st_size == 0 else "not an image"
         raise DataError(f"{where}: {what} (give a PNG, JPEG, BMP, GIF or TIFF file)") from None
@@ -83,8 +87,14 @@ def to_grey(img: Image.Image) -> np.ndarray:
 
 def _border(grey: np.ndarray) -> np.ndarray:
     width = max(1, min(grey.shape) // 20)
-    return np.concatenate([grey[:width].ravel(), grey[-width:].ravel(),
-                           grey[:, :width].ravel(), grey[:, -width:].ravel()])
+    return np.concatenate(
+        [
+            grey[:width].ravel(),
+            grey[-width:].ravel(),
+            grey[:, :width].ravel(),
+            grey[:, -width:].ravel(),
+        ]
+    )
 
 
 def _resize(ink: np.ndarray, size: tuple[int, int]) -> np.ndarray:

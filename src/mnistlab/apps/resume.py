@@ -16,9 +16,18 @@ from mnistlab.config import Config, set_value, validate
 from mnistlab.errors import CheckpointError, ConfigError
 
 # Settings a resumed run may change without changing what it computes (docs/model-saving.md).
-RESUME_SAFE = ("train.steps", "train.eval_every", "train.log_every", "train.device", "train.threads",
-               "data.data_dir", "data.download", "checkpoint.", "tracking.", "parallel.")
-
+RESUME_SAFE = (
+    "train.steps",
+    "train.eval_every",
+    "train.log_every",
+    "train.device",
+    "train.threads",
+    "data.data_dir",
+    "data.download",
+    "checkpoint.",
+    "tracking.",
+    "parallel.",
+)
 
 
 def _explicit_settings(args: argparse.Namespace, config: Config) -> dict[str, Any]:
@@ -26,10 +35,17 @@ def _explicit_settings(args: argparse.Namespace, config: Config) -> dict[str, An
     from mnistlab.config import flat_dict
 
     keys = [item.split("=", 1)[0].strip() for item in args.overrides if "=" in item]
-    flags = {"dataset": "data.dataset", "data_dir": "data.data_dir", "device": "train.device",
-             "checkpoint_every": "checkpoint.every", "keep": "checkpoint.keep",
-             "parallel": "parallel.mode", "workers": "parallel.workers",
-             "schedule": "parallel.schedule", "microbatches": "parallel.microbatches"}
+    flags = {
+        "dataset": "data.dataset",
+        "data_dir": "data.data_dir",
+        "device": "train.device",
+        "checkpoint_every": "checkpoint.every",
+        "keep": "checkpoint.keep",
+        "parallel": "parallel.mode",
+        "workers": "parallel.workers",
+        "schedule": "parallel.schedule",
+        "microbatches": "parallel.microbatches",
+    }
     keys += [key for flag, key in flags.items() if getattr(args, flag, None) is not None]
     flat = flat_dict(config)
     return {key: flat[key] for key in keys if key in flat}
@@ -53,8 +69,11 @@ def _same_run(saved: dict[str, Any], config: Config) -> bool:
         ours, theirs = flat_dict(config), flat_dict(from_dict(saved))
     except ConfigError:
         return False
-    return all(ours[k] == theirs.get(k) for k in ours if not _is_safe(k)
-               and not (k == "data.dataset" and ours[k] == "auto"))
+    return all(
+        ours[k] == theirs.get(k)
+        for k in ours
+        if not _is_safe(k) and not (k == "data.dataset" and ours[k] == "auto")
+    )
 
 
 def _auto_checkpoint(args: argparse.Namespace, config: Config) -> Path | None:
@@ -101,27 +120,38 @@ def resume_state(args: argparse.Namespace, config: Config) -> tuple[Config, dict
             return config, None
     else:
         if args.config:
-            raise ConfigError("--config cannot be combined with --resume DIR|FILE: a resumed run "
-                              "keeps its checkpoint's settings (change safe ones with --set)")
+            raise ConfigError(
+                "--config cannot be combined with --resume DIR|FILE: a resumed run "
+                "keeps its checkpoint's settings (change safe ones with --set)"
+            )
         path = resolve_checkpoint(spec)
     ckpt = load_checkpoint(path)
     resumed = ckpt.config
     if args.preset and args.preset != resumed.preset and spec != "auto":
-        raise ConfigError(f"{path} is a {resumed.preset} run, not {args.preset}; drop --preset "
-                          "to resume it, or start a new run")
+        raise ConfigError(
+            f"{path} is a {resumed.preset} run, not {args.preset}; drop --preset "
+            "to resume it, or start a new run"
+        )
     saved = flat_dict(resumed)
     for key, value in _explicit_settings(args, config).items():
         if value == saved.get(key) or (key == "data.dataset" and value == "auto"):
             continue
         if not _is_safe(key):
-            raise ConfigError(f"cannot change {key} when resuming {path} (it was "
-                              f"{saved.get(key)!r}; the result would no longer be the same run): "
-                              "start a new run instead")
+            raise ConfigError(
+                f"cannot change {key} when resuming {path} (it was "
+                f"{saved.get(key)!r}; the result would no longer be the same run): "
+                "start a new run instead"
+            )
         resumed = set_value(resumed, key, value)
     resumed = validate(resumed)
     if not args.run_dir and ckpt.run_dir is not None:
         args.run_dir = str(ckpt.run_dir)
-    note = "" if ckpt.step < resumed.train.steps else (
-        f" (it already reached train.steps={resumed.train.steps:,}; add --set train.steps=N to go on)")
+    note = (
+        ""
+        if ckpt.step < resumed.train.steps
+        else (
+            f" (it already reached train.steps={resumed.train.steps:,}; add --set train.steps=N to go on)"
+        )
+    )
     _say(f"resuming from {path} at step {ckpt.step:,}{note}")
     return resumed, ckpt.state

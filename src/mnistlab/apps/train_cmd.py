@@ -22,22 +22,43 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         description="Train a preset, optionally changed by a TOML file and --set overrides.",
         epilog="settings: " + ", ".join(all_keys()),
     )
-    p.add_argument("--preset", choices=list(PRESETS), default=None,
-                   help="starting point (default: seed-mlp, or the preset named in --config)")
-    p.add_argument("--config", metavar="FILE", help="TOML file of settings ([train] steps = 2000 ...)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override one setting, e.g. --set train.steps=2000 --set optim.lr=0.2")
-    p.add_argument("--dataset", metavar="NAME",
-                   help="mnist, fashion-mnist, kmnist or mnist-sample (default: mnist, falling back "
-                        "to the bundled mnist-sample when MNIST cannot be found or downloaded)")
+    p.add_argument(
+        "--preset",
+        choices=list(PRESETS),
+        default=None,
+        help="starting point (default: seed-mlp, or the preset named in --config)",
+    )
+    p.add_argument(
+        "--config", metavar="FILE", help="TOML file of settings ([train] steps = 2000 ...)"
+    )
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override one setting, e.g. --set train.steps=2000 --set optim.lr=0.2",
+    )
+    p.add_argument(
+        "--dataset",
+        metavar="NAME",
+        help="mnist, fashion-mnist, kmnist or mnist-sample (default: mnist, falling back "
+        "to the bundled mnist-sample when MNIST cannot be found or downloaded)",
+    )
     p.add_argument("--data-dir", metavar="DIR", help="folder holding the four IDX files")
     p.add_argument("--device", metavar="DEVICE", help="auto (default), cpu or cuda")
-    p.add_argument("--json", action="store_true",
-                   help="print the final figures as one JSON object on the last line")
+    p.add_argument(
+        "--json",
+        action="store_true",
+        help="print the final figures as one JSON object on the last line",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar or per-evaluation lines")
-    p.add_argument("--run-dir", metavar="DIR",
-                   help="where this run keeps its config, checkpoints and logs "
-                        "(default: runs/<date-time>-<preset>)")
+    p.add_argument(
+        "--run-dir",
+        metavar="DIR",
+        help="where this run keeps its config, checkpoints and logs "
+        "(default: runs/<date-time>-<preset>)",
+    )
     add_checkpoint_args(p)
     add_tracking_args(p)
     add_parallel_args(p)
@@ -48,15 +69,27 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 def add_checkpoint_args(p: argparse.ArgumentParser) -> None:
     """Flags for checkpoints and resume."""
     g = p.add_argument_group("checkpoints and resume (RUN/checkpoints/step-*.pt, best.pt)")
-    g.add_argument("--resume", metavar="DIR|FILE|auto",
-                   help="continue a run exactly from its latest checkpoint (a run folder), a "
-                        "checkpoint file, or auto: the latest run in runs/ with the same settings "
-                        "(a new run if there is none); the settings come from the checkpoint")
-    g.add_argument("--checkpoint-every", type=int, metavar="N", default=None,
-                   help="steps between checkpoints, plus one at the end (default 1000; 0: only "
-                        "the end)")
-    g.add_argument("--keep", type=int, metavar="K", default=None,
-                   help="how many of the latest checkpoints to keep (default 3; best.pt stays too)")
+    g.add_argument(
+        "--resume",
+        metavar="DIR|FILE|auto",
+        help="continue a run exactly from its latest checkpoint (a run folder), a "
+        "checkpoint file, or auto: the latest run in runs/ with the same settings "
+        "(a new run if there is none); the settings come from the checkpoint",
+    )
+    g.add_argument(
+        "--checkpoint-every",
+        type=int,
+        metavar="N",
+        default=None,
+        help="steps between checkpoints, plus one at the end (default 1000; 0: only the end)",
+    )
+    g.add_argument(
+        "--keep",
+        type=int,
+        metavar="K",
+        default=None,
+        help="how many of the latest checkpoints to keep (default 3; best.pt stays too)",
+    )
 
 
 def checkpoint_callbacks(args: argparse.Namespace, config: Config, run_dir: Path) -> list[Any]:
@@ -69,12 +102,23 @@ def checkpoint_callbacks(args: argparse.Namespace, config: Config, run_dir: Path
 # -- tracking (io.tracking) --------------------------------------------------------------------------
 def add_tracking_args(p: argparse.ArgumentParser) -> None:
     """Flags for TensorBoard and metrics files."""
-    p.add_argument("--tensorboard", action="store_true",
-                   help="also start TensorBoard on the run folder (127.0.0.1) and print its address")
-    p.add_argument("--tensorboard-port", type=int, default=None, metavar="PORT",
-                   help="port for --tensorboard (default: 6006, or a free one if it is taken)")
-    p.add_argument("--no-tensorboard", action="store_true",
-                   help="write no TensorBoard events (same as --set tracking.tensorboard=false)")
+    p.add_argument(
+        "--tensorboard",
+        action="store_true",
+        help="also start TensorBoard on the run folder (127.0.0.1) and print its address",
+    )
+    p.add_argument(
+        "--tensorboard-port",
+        type=int,
+        default=None,
+        metavar="PORT",
+        help="port for --tensorboard (default: 6006, or a free one if it is taken)",
+    )
+    p.add_argument(
+        "--no-tensorboard",
+        action="store_true",
+        help="write no TensorBoard events (same as --set tracking.tensorboard=false)",
+    )
 
 
 def tracking_callbacks(args: argparse.Namespace, config: Config, run_dir: Path) -> list[Any]:
@@ -97,29 +141,54 @@ def tracking_callbacks(args: argparse.Namespace, config: Config, run_dir: Path) 
 def add_parallel_args(p: argparse.ArgumentParser) -> None:
     """Flags for the parallel modes (docs/parallel.md)."""
     g = p.add_argument_group("parallel training (under torchrun, or --workers N local processes)")
-    g.add_argument("--parallel", metavar="MODE", choices=list(PARALLEL_MODES), default=None,
-                   help="none (default); data: synchronous data parallel (DDP); async: Hogwild "
-                        "workers on shared memory, one machine; tensor: dense layers split across "
-                        "workers (DTensor); pipeline: consecutive stages on different workers")
-    g.add_argument("--workers", type=int, metavar="N", default=None,
-                   help="start N local worker processes (through torch.distributed.run); under "
-                        "torchrun the group's size is torchrun's and this is ignored")
-    g.add_argument("--schedule", choices=list(SCHEDULES), default=None,
-                   help="pipeline schedule: gpipe (all forwards, then all backwards) or 1f1b")
-    g.add_argument("--microbatches", type=int, metavar="M", default=None,
-                   help="pipeline micro-batches per step; must divide train.batch_size")
+    g.add_argument(
+        "--parallel",
+        metavar="MODE",
+        choices=list(PARALLEL_MODES),
+        default=None,
+        help="none (default); data: synchronous data parallel (DDP); async: Hogwild "
+        "workers on shared memory, one machine; tensor: dense layers split across "
+        "workers (DTensor); pipeline: consecutive stages on different workers",
+    )
+    g.add_argument(
+        "--workers",
+        type=int,
+        metavar="N",
+        default=None,
+        help="start N local worker processes (through torch.distributed.run); under "
+        "torchrun the group's size is torchrun's and this is ignored",
+    )
+    g.add_argument(
+        "--schedule",
+        choices=list(SCHEDULES),
+        default=None,
+        help="pipeline schedule: gpipe (all forwards, then all backwards) or 1f1b",
+    )
+    g.add_argument(
+        "--microbatches",
+        type=int,
+        metavar="M",
+        default=None,
+        help="pipeline micro-batches per step; must divide train.batch_size",
+    )
 
 
 def _parallel_overrides(args: argparse.Namespace, config: Config) -> Config:
-    for flag, key in (("parallel", "parallel.mode"), ("workers", "parallel.workers"),
-                      ("schedule", "parallel.schedule"), ("microbatches", "parallel.microbatches")):
+    for flag, key in (
+        ("parallel", "parallel.mode"),
+        ("workers", "parallel.workers"),
+        ("schedule", "parallel.schedule"),
+        ("microbatches", "parallel.microbatches"),
+    ):
         value = getattr(args, flag, None)
         if value is not None:
             config = set_value(config, key, value)
     p = config.parallel
     if p.workers > 1 and p.mode == "none":
-        raise ConfigError(f"--workers {p.workers} needs a parallel mode: add --parallel data "
-                          "(or async, tensor, pipeline)")
+        raise ConfigError(
+            f"--workers {p.workers} needs a parallel mode: add --parallel data "
+            "(or async, tensor, pipeline)"
+        )
     return validate(config)
 
 
@@ -142,7 +211,9 @@ def prepare_run_dir(path: Path, config: Config, is_main: bool) -> Path:
             path.mkdir(parents=True, exist_ok=True)
             (path / "config.toml").write_text(to_toml(config), encoding="utf-8")
         except OSError as exc:
-            raise ConfigError(f"cannot write the run folder {path}: {exc.strerror or exc}") from None
+            raise ConfigError(
+                f"cannot write the run folder {path}: {exc.strerror or exc}"
+            ) from None
     return path
 
 
@@ -169,20 +240,35 @@ def load_data(config: Config, *, quiet: bool = False) -> tuple[Config, Any]:
     device = resolve_device(config.train.device)
     progress = None if quiet else download_progress()
     if d.dataset != "auto":
-        return config, load_splits(d.dataset, d.data_dir, validation_size=d.validation_size,
-                                   download=d.download, device=device, progress=progress)
+        return config, load_splits(
+            d.dataset,
+            d.data_dir,
+            validation_size=d.validation_size,
+            download=d.download,
+            device=device,
+            progress=progress,
+        )
     try:
-        data = load_splits("mnist", d.data_dir, validation_size=d.validation_size,
-                           download=d.download, device=device, progress=progress)
+        data = load_splits(
+            "mnist",
+            d.data_dir,
+            validation_size=d.validation_size,
+            download=d.download,
+            device=device,
+            progress=progress,
+        )
     except DataError as exc:
         if d.data_dir:
             raise
         first = str(exc).splitlines()[0]
         highlight = "\033[1;33m" if sys.stderr.isatty() else ""
         reset = "\033[0m" if highlight else ""
-        print(f"{highlight}mnistlab: full MNIST is not available ({first}); training on the bundled "
-              f"mnist-sample (4,000 digits) instead. `mnistlab data download mnist` or "
-              f"--data-dir DIR gives the full dataset.{reset}", file=sys.stderr)
+        print(
+            f"{highlight}mnistlab: full MNIST is not available ({first}); training on the bundled "
+            f"mnist-sample (4,000 digits) instead. `mnistlab data download mnist` or "
+            f"--data-dir DIR gives the full dataset.{reset}",
+            file=sys.stderr,
+        )
         data = load_splits("mnist-sample", validation_size=d.validation_size, device=device)
     return set_value(config, "data.dataset", data.name), data
 
@@ -199,8 +285,9 @@ def run_train(args: argparse.Namespace) -> int:
     strategy = make_strategy(args, config)
     is_main = strategy is None or strategy.is_main
     config, data = load_data(config, quiet=args.quiet or not is_main)
-    run_dir = prepare_run_dir(Path(args.run_dir) if args.run_dir else new_run_dir(config), config,
-                              is_main)
+    run_dir = prepare_run_dir(
+        Path(args.run_dir) if args.run_dir else new_run_dir(config), config, is_main
+    )
     if strategy is not None:  # async workers each run a share of the updates
         config = strategy.worker_config(config, len(data.train))
     callbacks = [ConsoleCallback(quiet=args.quiet)]

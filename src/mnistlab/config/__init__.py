@@ -26,8 +26,24 @@ from mnistlab.config.schema import (
 )
 
 __all__ = [
-    "PRESETS", "CheckpointConfig", "Config", "DataConfig", "ModelConfig", "OptimConfig",
-    "ParallelConfig", "TrackingConfig", "TrainConfig", "all_keys", "apply_overrides", "flat_dict",
-    "from_dict", "load_toml", "preset_config", "resolve", "set_value", "to_dict", "to_toml",
+    "PRESETS",
+    "CheckpointConfig",
+    "Config",
+    "DataConfig",
+    "ModelConfig",
+    "OptimConfig",
+    "ParallelConfig",
+    "TrackingConfig",
+    "TrainConfig",
+    "all_keys",
+    "apply_overrides",
+    "flat_dict",
+    "from_dict",
+    "load_toml",
+    "preset_config",
+    "resolve",
+    "set_value",
+    "to_dict",
+    "to_toml",
     "validate",
 ]

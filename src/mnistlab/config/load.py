@@ -41,10 +41,19 @@ def all_keys() -> list[str]:
 
 # Names people bring from other tools, mapped to ours (TensorFlow's own among them).
 ALIASES = {
-    "learning_rate": "lr", "learning_rate_base": "lr", "learning_rate_decay": "lr_decay",
-    "decay_rate": "lr_decay", "regularization": "l2", "regularization_rate": "l2",
-    "weight_decay": "l2", "moving_average_decay": "ema_decay", "training_steps": "steps",
-    "max_steps": "steps", "batch": "batch_size", "hidden_size": "hidden", "layer1_node": "hidden",
+    "learning_rate": "lr",
+    "learning_rate_base": "lr",
+    "learning_rate_decay": "lr_decay",
+    "decay_rate": "lr_decay",
+    "regularization": "l2",
+    "regularization_rate": "l2",
+    "weight_decay": "l2",
+    "moving_average_decay": "ema_decay",
+    "training_steps": "steps",
+    "max_steps": "steps",
+    "batch": "batch_size",
+    "hidden_size": "hidden",
+    "layer1_node": "hidden",
     "optimizer": "name",
 }
 
@@ -61,8 +70,9 @@ def _nearest(key: str, choices: list[str]) -> str:
     if section:  # a known section with a misspelt key: look in that section first
         in_section = [c for c in choices if c.startswith(section + ".")]
         # "l2_reg" -> "l2", "steps_total" -> "steps": a valid name the key starts with
-        prefixed = sorted((c for c in in_section if tail.startswith(c.rpartition(".")[2])),
-                          key=len, reverse=True)
+        prefixed = sorted(
+            (c for c in in_section if tail.startswith(c.rpartition(".")[2])), key=len, reverse=True
+        )
         if prefixed:
             return f"; did you mean {prefixed[0]!r}?"
         close = difflib.get_close_matches(key, in_section, n=1, cutoff=0.6)
@@ -174,7 +184,9 @@ def from_dict(data: dict[str, Any], base: Config | None = None, *, where: str = 
         if section == "preset":
             continue
         if section not in SECTIONS:
-            raise ConfigError(f"{where}: unknown section [{section}]{_nearest(section, list(SECTIONS))}")
+            raise ConfigError(
+                f"{where}: unknown section [{section}]{_nearest(section, list(SECTIONS))}"
+            )
         if not isinstance(values, dict):
             raise ConfigError(f"{where}: [{section}] must be a table of settings")
         for name, value in values.items():
@@ -188,7 +200,8 @@ def to_dict(config: Config) -> dict[str, Any]:
     for section in SECTIONS:
         sub = getattr(config, section)
         out[section] = {
-            f.name: list(getattr(sub, f.name)) if isinstance(getattr(sub, f.name), tuple)
+            f.name: list(getattr(sub, f.name))
+            if isinstance(getattr(sub, f.name), tuple)
             else getattr(sub, f.name)
             for f in fields(sub)
         }
@@ -242,8 +255,10 @@ def load_toml(path: str | Path, base: Config | None = None) -> Config:
 
 def preset_config(name: str) -> Config:
     if name not in PRESETS:
-        raise ConfigError(f"unknown preset {name!r}{_nearest(name, list(PRESETS))} "
-                          f"(presets: {', '.join(PRESETS)})")
+        raise ConfigError(
+            f"unknown preset {name!r}{_nearest(name, list(PRESETS))} "
+            f"(presets: {', '.join(PRESETS)})"
+        )
     return PRESETS[name]()
 
 
@@ -263,9 +278,13 @@ def validate(config: Config) -> Config:
     _choice(p.mode, PARALLEL_MODES, "parallel.mode")
     _choice(p.schedule, SCHEDULES, "parallel.schedule")
     positive = {
-        "train.steps": t.steps, "train.batch_size": t.batch_size, "train.eval_every": t.eval_every,
-        "train.log_every": t.log_every, "parallel.workers": p.workers,
-        "parallel.microbatches": p.microbatches, "checkpoint.keep": c.keep,
+        "train.steps": t.steps,
+        "train.batch_size": t.batch_size,
+        "train.eval_every": t.eval_every,
+        "train.log_every": t.log_every,
+        "parallel.workers": p.workers,
+        "parallel.microbatches": p.microbatches,
+        "checkpoint.keep": c.keep,
     }
     for key, value in positive.items():
         if value < 1:
@@ -277,7 +296,9 @@ def validate(config: Config) -> Config:
     if not 0 < o.lr_decay <= 1:
         raise ConfigError(f"optim.lr_decay must be in (0, 1]; got {o.lr_decay}")
     if not 0 <= o.ema_decay < 1:
-        raise ConfigError(f"optim.ema_decay must be in [0, 1) (0 turns the average off); got {o.ema_decay}")
+        raise ConfigError(
+            f"optim.ema_decay must be in [0, 1) (0 turns the average off); got {o.ema_decay}"
+        )
     if o.l2 < 0:
         raise ConfigError(f"optim.l2 must not be negative; got {o.l2}")
     if not 0 <= m.dropout < 1:
@@ -289,9 +310,13 @@ def validate(config: Config) -> Config:
     if m.name == "mlp" and not m.hidden:
         raise ConfigError("model.hidden must name at least one layer for the MLP (e.g. 500)")
     if m.name == "lenet" and len(m.hidden) != 1:
-        raise ConfigError(f"model.hidden for lenet is the size of its one dense layer; got {m.hidden}")
+        raise ConfigError(
+            f"model.hidden for lenet is the size of its one dense layer; got {m.hidden}"
+        )
     if c.every < 0:
-        raise ConfigError(f"checkpoint.every must be 0 (only at the end) or positive; got {c.every}")
+        raise ConfigError(
+            f"checkpoint.every must be 0 (only at the end) or positive; got {c.every}"
+        )
     if config.tracking.histogram_every < 0:
         raise ConfigError("tracking.histogram_every must be 0 (off) or positive")
     if t.threads < 0:
@@ -299,8 +324,11 @@ def validate(config: Config) -> Config:
     return config
 
 
-def resolve(preset: str | None = None, config_file: str | Path | None = None,
-            overrides: list[str] | None = None) -> Config:
+def resolve(
+    preset: str | None = None,
+    config_file: str | Path | None = None,
+    overrides: list[str] | None = None,
+) -> Config:
     """Preset, then TOML file, then overrides; then ``validate``."""
     config = preset_config(preset) if preset else None
     if config_file is not None:

@@ -42,10 +42,18 @@ def lenet() -> Config:
     conv 5x5x32, pool, conv 5x5x64, pool, dense 512, dropout 0.5, dense 10; momentum SGD."""
     return Config(
         preset="lenet",
-        model=ModelConfig(name="lenet", hidden=(512,), init="truncated_normal", bias_init=0.1,
-                          dropout=0.5),
-        optim=OptimConfig(name="momentum", lr=0.01, momentum=0.9, lr_decay=0.95, staircase=True,
-                          l2=5e-4, ema_decay=0.99),
+        model=ModelConfig(
+            name="lenet", hidden=(512,), init="truncated_normal", bias_init=0.1, dropout=0.5
+        ),
+        optim=OptimConfig(
+            name="momentum",
+            lr=0.01,
+            momentum=0.9,
+            lr_decay=0.95,
+            staircase=True,
+            l2=5e-4,
+            ema_decay=0.99,
+        ),
         train=TrainConfig(steps=10_000, batch_size=100, eval_every=500),
     )
 

@@ -58,7 +58,9 @@ def _already_good(fs: FileSpec, path: Path) -> bool:
     return md5.hexdigest() == fs.md5
 
 
-def _stream(url: str, out: BinaryIO, fs: FileSpec, progress: ProgressCallback | None) -> tuple[str, str]:
+def _stream(
+    url: str, out: BinaryIO, fs: FileSpec, progress: ProgressCallback | None
+) -> tuple[str, str]:
     """Copy the body of ``url`` into ``out``; return its md5 and sha256. Raises _BadFile."""
     req = urllib.request.Request(url, headers={"User-Agent": _USER_AGENT})
     md5, sha = hashlib.md5(), hashlib.sha256()

@@ -194,7 +194,9 @@ def encode_idx(array: np.ndarray) -> bytes:
     arr = np.asarray(array)
     code = _CODE_BY_KIND.get((arr.dtype.kind, arr.dtype.itemsize))
     if code is None:
-        raise DataError(f"cannot store dtype {arr.dtype} in IDX (use uint8, int8/16/32, float32/64)")
+        raise DataError(
+            f"cannot store dtype {arr.dtype} in IDX (use uint8, int8/16/32, float32/64)"
+        )
     if not 1 <= arr.ndim <= 4 or 0 in arr.shape:
         raise DataError(f"cannot store shape {arr.shape} in IDX (1 to 4 non-empty dimensions)")
     head = bytes([0, 0, code, arr.ndim]) + struct.pack(f">{arr.ndim}I", *arr.shape)

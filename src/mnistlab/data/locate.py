@@ -26,8 +26,18 @@ from mnistlab.data.registry import ROLES, DatasetSpec, FileSpec, get_dataset
 from mnistlab.errors import DataError
 
 __all__ = [
-    "Located", "ProgressCallback", "VerifyReport", "FileCheck", "candidate_dirs", "locate",
-    "download", "verify", "load_arrays", "cache_root", "system_root", "find_files",
+    "Located",
+    "ProgressCallback",
+    "VerifyReport",
+    "FileCheck",
+    "candidate_dirs",
+    "locate",
+    "download",
+    "verify",
+    "load_arrays",
+    "cache_root",
+    "system_root",
+    "find_files",
 ]
 
 SAMPLE_DIR = Path(__file__).resolve().parent / "sample"
@@ -64,7 +74,9 @@ def candidate_dirs(
     if spec.bundled:
         # Always present; a data_dir counts only through its NAME/ subfolder, because the sample
         # shares MNIST's file names and a folder of full MNIST must not pass for it.
-        sub = [("data-dir", Path(data_dir).expanduser() / spec.name)] if data_dir is not None else []
+        sub = (
+            [("data-dir", Path(data_dir).expanduser() / spec.name)] if data_dir is not None else []
+        )
         return [*sub, ("bundled", SAMPLE_DIR)]
     if data_dir is not None:
         d = Path(data_dir).expanduser()
@@ -151,8 +163,10 @@ def _not_found_message(
         lines += ["Download:", *(f"  - {a}" for a in attempts)]
     fix = "put the four files in one of those folders"
     if data_dir is None:
-        fix += (f", pass --data-dir DIR, set MNISTLAB_DATA=DIR, or run "
-                f"`mnistlab data download {spec.name}` where there is network")
+        fix += (
+            f", pass --data-dir DIR, set MNISTLAB_DATA=DIR, or run "
+            f"`mnistlab data download {spec.name}` where there is network"
+        )
     else:
         fix += " or pass a --data-dir that holds them"
     lines.append(f"To fix: {fix}.")
@@ -169,7 +183,9 @@ def download(
     """Download (and verify) the four files into ``dest_dir`` or the user cache."""
     spec = get_dataset(name)
     if spec.bundled:
-        raise DataError(f"dataset {spec.name!r} is bundled with mnistlab; there is nothing to download")
+        raise DataError(
+            f"dataset {spec.name!r} is bundled with mnistlab; there is nothing to download"
+        )
     try:
         return _download(spec, dest_dir, progress, mirrors)
     except DownloadFailed as e:
@@ -246,14 +262,17 @@ def _check_checksum(fs: FileSpec, check: FileCheck, arr: np.ndarray | None) -> N
         stored, sha = _md5_sha256(check.path)
         if stored == fs.md5 and (fs.sha256 is None or sha == fs.sha256):
             check.size_ok, check.checksum_ok = True, True
-            check.checksum_note = "md5" + ("+sha256" if fs.sha256 else "") + " match the published file"
+            check.checksum_note = (
+                "md5" + ("+sha256" if fs.sha256 else "") + " match the published file"
+            )
             return
     if fs.raw_md5 and arr is not None:
         got = hashlib.md5(encode_idx(arr)).hexdigest()
         check.checksum_ok = got == fs.raw_md5
         if check.checksum_ok:
             check.checksum_note = "content md5 matches the published data" + (
-                " (gzip header differs from the published .gz)" if gz else "")
+                " (gzip header differs from the published .gz)" if gz else ""
+            )
             return
         check.checksum_note = f"content md5 {got} differs from the published {fs.raw_md5}"
     elif stored:
@@ -289,11 +308,14 @@ def _check_file(fs: FileSpec, path: Path, checksums: bool) -> tuple[FileCheck, n
         if arr.ndim != want_ndim or arr.dtype != np.uint8:
             check.problems.append(
                 f"{path}: expected {want_ndim}-D uint8 {fs.role.replace('_', ' ')}, "
-                f"found {arr.ndim}-D {arr.dtype} with shape {arr.shape}")
+                f"found {arr.ndim}-D {arr.dtype} with shape {arr.shape}"
+            )
     return check, arr
 
 
-def _cross_checks(spec: DatasetSpec, arrays: dict[str, np.ndarray], files: dict[str, Path]) -> list[str]:
+def _cross_checks(
+    spec: DatasetSpec, arrays: dict[str, np.ndarray], files: dict[str, Path]
+) -> list[str]:
     """Counts agree between images and labels; labels lie in [0, num_classes); image sizes agree."""
     problems = []
     for part in ("train", "test"):
@@ -301,13 +323,15 @@ def _cross_checks(spec: DatasetSpec, arrays: dict[str, np.ndarray], files: dict[
         if imgs is not None and labels is not None and len(imgs) != len(labels):
             problems.append(
                 f"{files[f'{part}_images']} has {len(imgs)} images but "
-                f"{files[f'{part}_labels']} has {len(labels)} labels")
+                f"{files[f'{part}_labels']} has {len(labels)} labels"
+            )
         if labels is not None and labels.size:
             bad = int(np.count_nonzero(labels >= spec.num_classes))
             if bad:
                 problems.append(
                     f"{files[f'{part}_labels']}: {bad} labels outside 0..{spec.num_classes - 1} "
-                    f"(largest {int(labels.max())})")
+                    f"(largest {int(labels.max())})"
+                )
     tr, te = arrays.get("train_images"), arrays.get("test_images")
     if tr is not None and te is not None and tr.shape[1:] != te.shape[1:]:
         problems.append(f"train images are {tr.shape[1:]} but test images are {te.shape[1:]}")
@@ -342,5 +366,6 @@ def load_arrays(located: Located, *, check_checksums: bool = True) -> dict[str, 
     if not report.ok:
         raise DataError(
             f"dataset {located.name!r} in {located.directory} failed verification: "
-            + "; ".join(report.problems))
+            + "; ".join(report.problems)
+        )
     return arrays

@@ -52,10 +52,17 @@ def _to_split(images: np.ndarray, labels: np.ndarray, device: torch.device | str
     return Split(x, y)
 
 
-def splits_from_arrays(arrays: dict[str, np.ndarray], *, name: str, validation_size: int,
-                       device: torch.device | str = "cpu", source: str = "memory",
-                       directory: Path | None = None, num_classes: int = 10,
-                       class_names: tuple[str, ...] = ()) -> Splits:
+def splits_from_arrays(
+    arrays: dict[str, np.ndarray],
+    *,
+    name: str,
+    validation_size: int,
+    device: torch.device | str = "cpu",
+    source: str = "memory",
+    directory: Path | None = None,
+    num_classes: int = 10,
+    class_names: tuple[str, ...] = (),
+) -> Splits:
     """Split raw uint8 arrays (``train_images`` etc.) into the three tensors."""
     n_train = arrays["train_images"].shape[0]
     if not 0 <= validation_size < n_train:
@@ -76,10 +83,16 @@ def splits_from_arrays(arrays: dict[str, np.ndarray], *, name: str, validation_s
     )
 
 
-def load_splits(name: str, data_dir: str | Path | None = None, *, validation_size: int | None = None,
-                download: bool = True, device: torch.device | str = "cpu",
-                progress: ProgressCallback | None = None,
-                located: Located | None = None) -> Splits:
+def load_splits(
+    name: str,
+    data_dir: str | Path | None = None,
+    *,
+    validation_size: int | None = None,
+    download: bool = True,
+    device: torch.device | str = "cpu",
+    progress: ProgressCallback | None = None,
+    located: Located | None = None,
+) -> Splits:
     """Locate (or download), verify and load a registered dataset as in-memory tensors."""
     spec = get_dataset(name)
     if located is None:

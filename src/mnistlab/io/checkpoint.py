@@ -91,8 +91,10 @@ def atomic_write(path: str | Path, parts: list[bytes]) -> Path:
         with contextlib.suppress(OSError):
             tmp.unlink()
         if isinstance(exc, OSError):
-            raise CheckpointError(f"cannot write checkpoint {path}: {exc.strerror or exc}; "
-                                  "check the folder exists, is writable and has space") from None
+            raise CheckpointError(
+                f"cannot write checkpoint {path}: {exc.strerror or exc}; "
+                "check the folder exists, is writable and has space"
+            ) from None
         raise
     _fsync_dir(path.parent)
     return path
@@ -106,9 +108,14 @@ def _digest(header: dict[str, Any], payload: bytes | memoryview) -> str:
 
 def pack(payload: bytes, **info: Any) -> list[bytes]:
     """The file's parts for ``payload`` (``torch.save`` bytes) with header fields ``info``."""
-    header: dict[str, Any] = {"format_version": FORMAT_VERSION, "mnistlab_version": __version__,
-                              "torch_version": torch.__version__, "created": time.time(),
-                              **info, "payload_bytes": len(payload)}
+    header: dict[str, Any] = {
+        "format_version": FORMAT_VERSION,
+        "mnistlab_version": __version__,
+        "torch_version": torch.__version__,
+        "created": time.time(),
+        **info,
+        "payload_bytes": len(payload),
+    }
     header["sha256"] = _digest(header, payload)
     return [MAGIC, json.dumps(header, sort_keys=True).encode() + b"\n", payload]
 
@@ -119,8 +126,13 @@ def serialize(state: dict[str, Any], **info: Any) -> list[bytes]:
     torch.save(state, buffer)
     metrics = state.get("metrics") or {}
     config = state.get("config") or {}
-    info = {"step": int(state["step"]), "preset": config.get("preset"), "config": config,
-            "validation_accuracy": metrics.get("validation_accuracy"), **info}
+    info = {
+        "step": int(state["step"]),
+        "preset": config.get("preset"),
+        "config": config,
+        "validation_accuracy": metrics.get("validation_accuracy"),
+        **info,
+    }
     return pack(buffer.getvalue(), **info)
 
 
@@ -144,8 +156,9 @@ class Checkpoint:
         try:
             return from_dict(self.state["config"], where=f"the config saved in {self.path}")
         except ConfigError as exc:
-            raise CheckpointError(f"{exc}; this checkpoint's settings do not fit this mnistlab "
-                                  f"({__version__})") from None
+            raise CheckpointError(
+                f"{exc}; this checkpoint's settings do not fit this mnistlab ({__version__})"
+            ) from None
 
     @property
     def run_dir(self) -> Path | None:
@@ -167,8 +180,10 @@ def read_header(path: str | Path) -> tuple[dict[str, Any], int]:
         raise CheckpointError(f"cannot read checkpoint {path}: {exc.strerror or exc}") from None
     if not head.startswith(MAGIC):
         what = "empty" if not head else "not an mnistlab checkpoint (no mnistlab header)"
-        raise CheckpointError(f"{path} is {what}; give a file written by `mnistlab train` "
-                              "(RUN/checkpoints/step-*.pt) or a run folder")
+        raise CheckpointError(
+            f"{path} is {what}; give a file written by `mnistlab train` "
+            "(RUN/checkpoints/step-*.pt) or a run folder"
+        )
     end = head.find(b"\n", len(MAGIC))
     try:
         if end < 0:
@@ -178,15 +193,21 @@ def read_header(path: str | Path) -> tuple[dict[str, Any], int]:
             raise ValueError("header is not an object")
         version = int(header["format_version"])
     except (ValueError, KeyError, TypeError, UnicodeDecodeError):
-        raise CheckpointError(f"checkpoint {path} is damaged (its header cannot be read); use an "
-                              "earlier checkpoint of the run") from None
+        raise CheckpointError(
+            f"checkpoint {path} is damaged (its header cannot be read); use an "
+            "earlier checkpoint of the run"
+        ) from None
     if version != FORMAT_VERSION:
         by = f"mnistlab {header.get('mnistlab_version', '?')}"
-        fix = ("upgrade mnistlab (pip install -U mnistlab) to read it" if version > FORMAT_VERSION
-               else "load it with that older mnistlab and export it, or train again")
+        fix = (
+            "upgrade mnistlab (pip install -U mnistlab) to read it"
+            if version > FORMAT_VERSION
+            else "load it with that older mnistlab and export it, or train again"
+        )
         raise CheckpointError(
             f"checkpoint {path} was written by {by} in checkpoint format {version}; this mnistlab "
-            f"({__version__}) reads format {FORMAT_VERSION} only: {fix}")
+            f"({__version__}) reads format {FORMAT_VERSION} only: {fix}"
+        )
     return header, end + 1
 
 
@@ -201,22 +222,27 @@ def load_checkpoint(path: str | Path, *, map_location: str | torch.device = "cpu
     if not isinstance(expected, int) or len(payload) != expected:
         raise CheckpointError(
             f"checkpoint {path} is truncated or damaged: {len(payload):,} bytes of data where "
-            f"{expected} were written; use an earlier checkpoint of the run")
+            f"{expected} were written; use an earlier checkpoint of the run"
+        )
     claimed = header.pop("sha256", None)
     if claimed != _digest(header, payload):
         raise CheckpointError(
             f"checkpoint {path} is damaged: its sha256 checksum does not match (a flipped bit or "
-            "a partial copy); use an earlier checkpoint of the run")
+            "a partial copy); use an earlier checkpoint of the run"
+        )
     try:
         state = torch.load(io.BytesIO(payload), map_location=map_location, weights_only=True)
     except Exception as exc:  # the unpickler refuses anything that is not weights
         lines = [re.sub(r"\x1b\[[0-9;]*m", "", line).strip() for line in str(exc).splitlines()]
-        why = next((line for line in lines if "Unsupported" in line or "GLOBAL" in line),
-                   type(exc).__name__)
+        why = next(
+            (line for line in lines if "Unsupported" in line or "GLOBAL" in line),
+            type(exc).__name__,
+        )
         raise CheckpointError(
             f"refusing to load {path}: it holds objects other than tensors and plain values, "
             f"which could run code ({why.split(' Please')[0][:160]}); it is not a checkpoint "
-            "mnistlab wrote") from None
+            "mnistlab wrote"
+        ) from None
     if not isinstance(state, dict) or not {"step", "model", "config"} <= state.keys():
         raise CheckpointError(f"{path} does not hold a training state (step, model, config)")
     return Checkpoint(path=path, header=header, state=state)
@@ -228,8 +254,11 @@ def step_checkpoints(folder: str | Path) -> list[tuple[int, Path]]:
     folder = Path(folder)
     if not folder.is_dir():
         return []
-    found = [(int(m.group(1)), p) for p in folder.iterdir()
-             if (m := STEP_PATTERN.match(p.name)) and p.is_file()]
+    found = [
+        (int(m.group(1)), p)
+        for p in folder.iterdir()
+        if (m := STEP_PATTERN.match(p.name)) and p.is_file()
+    ]
     return sorted(found)
 
 
@@ -248,21 +277,26 @@ def resolve_checkpoint(spec: str | Path) -> Path:
             raise CheckpointError(f"{text}: ':best' goes after a run folder, not a file")
         return path
     if not path.is_dir():
-        raise CheckpointError(f"checkpoint {path} does not exist (give a checkpoint file, a run "
-                              "folder, or RUN:best)")
+        raise CheckpointError(
+            f"checkpoint {path} does not exist (give a checkpoint file, a run folder, or RUN:best)"
+        )
     folder = checkpoint_folder(path)
     if best:
         if not (folder / BEST_NAME).is_file():
-            raise CheckpointError(f"run {path} has no best checkpoint yet ({folder / BEST_NAME}); "
-                                  "it is written at the first validation")
+            raise CheckpointError(
+                f"run {path} has no best checkpoint yet ({folder / BEST_NAME}); "
+                "it is written at the first validation"
+            )
         return folder / BEST_NAME
     steps = step_checkpoints(folder)
     if steps:
         return steps[-1][1]
     if (folder / BEST_NAME).is_file():
         return folder / BEST_NAME
-    raise CheckpointError(f"run folder {path} holds no checkpoints (looked in {folder}); train "
-                          "with --run-dir to keep some")
+    raise CheckpointError(
+        f"run folder {path} holds no checkpoints (looked in {folder}); train "
+        "with --run-dir to keep some"
+    )
 
 
 def load_model(spec: str | Path, *, use_ema: bool = True) -> tuple[StagedModel, Checkpoint]:
@@ -282,8 +316,10 @@ def load_model(spec: str | Path, *, use_ema: bool = True) -> tuple[StagedModel, 
     try:
         model.load_state_dict(tensors, strict=True)
     except RuntimeError as exc:
-        raise CheckpointError(f"the weights in {ckpt.path} do not fit a {config.model.name} "
-                              f"model: {str(exc).splitlines()[0]}") from None
+        raise CheckpointError(
+            f"the weights in {ckpt.path} do not fit a {config.model.name} "
+            f"model: {str(exc).splitlines()[0]}"
+        ) from None
     model.eval()
     return model, ckpt
 
@@ -301,8 +337,9 @@ class CheckpointCallback(Callback):
     same steps and only the main rank writes.
     """
 
-    def __init__(self, run_dir: str | Path, *, every: int = 1000, keep: int = 3,
-                 stream: Any = None):
+    def __init__(
+        self, run_dir: str | Path, *, every: int = 1000, keep: int = 3, stream: Any = None
+    ):
         self.run_dir = Path(run_dir)
         self.folder = self.run_dir / CHECKPOINT_DIR
         self.every = every
@@ -326,16 +363,20 @@ class CheckpointCallback(Callback):
         periodic = run.step == t.steps or (self.every > 0 and run.step % self.every == 0)
         evaluated = run.step % t.eval_every == 0 or run.step == t.steps
         # Only the main rank evaluates; all ranks must agree before the collective state_dict.
-        new_best = evaluated and bool(run.strategy.broadcast_object(
-            run.best_step == run.step and run.best_validation_accuracy is not None))
+        new_best = evaluated and bool(
+            run.strategy.broadcast_object(
+                run.best_step == run.step and run.best_validation_accuracy is not None
+            )
+        )
         if periodic or new_best:
             self.save(run, periodic=periodic, best=new_best)
 
     def on_interrupt(self, run: Any) -> None:
         path = self.last_saved if self.last_step == run.step else self.save(run, periodic=True)
         if path is not None:
-            run.resume_hint = (f"checkpoint {path}; continue with: mnistlab train --resume "
-                               f"{self.run_dir}")
+            run.resume_hint = (
+                f"checkpoint {path}; continue with: mnistlab train --resume {self.run_dir}"
+            )
 
     def on_failure(self, run: Any, error: BaseException) -> None:
         """Nothing to write: the checkpoints on disk are from before the failure and stay."""
@@ -346,15 +387,21 @@ class CheckpointCallback(Callback):
             self.last_step = run.step  # on every rank, so on_interrupt decides alike everywhere
         if not run.is_main:
             return None
-        if not (_all_finite(state["model"]) and
-                (state.get("ema") is None or _all_finite(state["ema"]["shadows"]))):
-            self._say(run, f"not saving step {run.step}: the weights are NaN or infinite; the "
-                      "earlier checkpoints are kept")
+        if not (
+            _all_finite(state["model"])
+            and (state.get("ema") is None or _all_finite(state["ema"]["shadows"]))
+        ):
+            self._say(
+                run,
+                f"not saving step {run.step}: the weights are NaN or infinite; the "
+                "earlier checkpoints are kept",
+            )
             if periodic:
                 self.last_saved = None
             return None
-        parts = serialize(state, best_validation_accuracy=run.best_validation_accuracy,
-                          best_step=run.best_step)
+        parts = serialize(
+            state, best_validation_accuracy=run.best_validation_accuracy, best_step=run.best_step
+        )
         path = None
         if periodic:
             path = atomic_write(self.folder / step_name(run.step), parts)

@@ -28,8 +28,10 @@ class ConsoleCallback(Callback):
         self.progress = Progress(t.steps, desc="train", stream=self.stream, initial=run.step)
         where = f"{run.data.name} ({len(run.data.train):,} train / {len(run.data.validation):,} "
         where += f"validation / {len(run.data.test):,} test, from {run.data.directory})"
-        self.progress.write(f"mnistlab: {run.config.preset} on {where}, {t.steps:,} steps "
-                            f"of {t.batch_size}" + (f", resuming at step {run.step:,}" if run.step else ""))
+        self.progress.write(
+            f"mnistlab: {run.config.preset} on {where}, {t.steps:,} steps "
+            f"of {t.batch_size}" + (f", resuming at step {run.step:,}" if run.step else "")
+        )
 
     def on_step(self, run: Any) -> None:
         if self.progress is not None:
@@ -68,8 +70,10 @@ class ConsoleCallback(Callback):
 def summary_table(summary: dict[str, Any], title: str = "mnistlab run") -> str:
     """A two-column table of the final figures."""
     rows = [
-        ("test accuracy" + (" (EMA weights)" if summary.get("ema_weights") else ""),
-         percent(summary.get("test_accuracy"))),
+        (
+            "test accuracy" + (" (EMA weights)" if summary.get("ema_weights") else ""),
+            percent(summary.get("test_accuracy")),
+        ),
         ("validation accuracy", percent(summary.get("validation_accuracy"))),
         ("best validation accuracy", percent(summary.get("best_validation_accuracy"))),
         ("steps", f"{summary.get('steps', 0):,}"),

@@ -24,9 +24,16 @@ def worst_mistakes(probs: torch.Tensor, labels: torch.Tensor, count: int = 16) -
     return wrong[order][:count].tolist()
 
 
-def plot_evaluation(path: str | Path, confusion: Sequence[Sequence[int]], images: torch.Tensor,
-                    labels: torch.Tensor, probs: torch.Tensor, class_names: Sequence[str],
-                    title: str = "", count: int = 16) -> Path:
+def plot_evaluation(
+    path: str | Path,
+    confusion: Sequence[Sequence[int]],
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    probs: torch.Tensor,
+    class_names: Sequence[str],
+    title: str = "",
+    count: int = 16,
+) -> Path:
     """Confusion matrix (left) and a grid of the ``count`` worst mistakes (right) as a PNG."""
     from matplotlib.figure import Figure
 
@@ -46,8 +53,15 @@ def plot_evaluation(path: str | Path, confusion: Sequence[Sequence[int]], images
         for j in range(n):
             value = int(cm[i, j])
             if value:
-                ax.text(j, i, str(value), ha="center", va="center", fontsize=7,
-                        color="white" if value > peak / 2 else "black")
+                ax.text(
+                    j,
+                    i,
+                    str(value),
+                    ha="center",
+                    va="center",
+                    fontsize=7,
+                    color="white" if value > peak / 2 else "black",
+                )
     worst = worst_mistakes(probs, labels, count)
     for k in range(count):
         cell = fig.add_subplot(grid[k // 4, 4 + k % 4])
@@ -57,8 +71,10 @@ def plot_evaluation(path: str | Path, confusion: Sequence[Sequence[int]], images
         i = worst[k]
         p = int(probs[i].argmax())
         cell.imshow(images[i].reshape(28, 28).cpu().numpy(), cmap="gray", vmin=0, vmax=1)
-        cell.set_title(f"{class_names[int(labels[i])]} -> {class_names[p]} "
-                       f"({100 * float(probs[i, p]):.0f}%)", fontsize=8)
+        cell.set_title(
+            f"{class_names[int(labels[i])]} -> {class_names[p]} ({100 * float(probs[i, p]):.0f}%)",
+            fontsize=8,
+        )
     fig.suptitle(title or "evaluation")
     fig.text(0.78, 0.01, "worst mistakes: true -> predicted (confidence)", ha="center", fontsize=8)
     buffer = io.BytesIO()

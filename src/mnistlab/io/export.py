@@ -43,16 +43,25 @@ def export_onnx(model: nn.Module, path: Path, metadata: dict[str, Any]) -> Path:
         import onnx  # noqa: F401
         import onnxscript  # noqa: F401
     except ImportError:
-        raise CheckpointError("ONNX export needs the optional extra: pip install 'mnistlab[export]' "
-                              "(onnx, onnxscript, onnxruntime)") from None
+        raise CheckpointError(
+            "ONNX export needs the optional extra: pip install 'mnistlab[export]' "
+            "(onnx, onnxscript, onnxruntime)"
+        ) from None
     example = torch.zeros(2, 784)
     # The exporter logs that optional torchvision ops are absent; irrelevant to these models.
     logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         program = torch.onnx.export(
-            model, (example,), None, input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-            dynamic_shapes=({0: torch.export.Dim("batch")},), dynamo=True, verbose=False)
+            model,
+            (example,),
+            None,
+            input_names=[INPUT_NAME],
+            output_names=[OUTPUT_NAME],
+            dynamic_shapes=({0: torch.export.Dim("batch")},),
+            dynamo=True,
+            verbose=False,
+        )
     assert program is not None
     for key, value in metadata.items():
         program.model.metadata_props[key] = value if isinstance(value, str) else json.dumps(value)
@@ -82,6 +91,9 @@ def export_model(model: nn.Module, fmt: str, path: str | Path, metadata: dict[st
     if fmt not in FORMATS:
         raise CheckpointError(f"unknown export format {fmt!r}: choose {', '.join(FORMATS)}")
     model.eval()
-    writer = {"safetensors": export_safetensors, "onnx": export_onnx,
-              "torchscript": export_torchscript}[fmt]
+    writer = {
+        "safetensors": export_safetensors,
+        "onnx": export_onnx,
+        "torchscript": export_torchscript,
+    }[fmt]
     return writer(model, Path(path), metadata)

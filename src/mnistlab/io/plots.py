@@ -44,8 +44,10 @@ def read_metrics(path: str | Path) -> list[dict[str, Any]]:
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
     except FileNotFoundError:
-        raise TrackingError(f"{path} does not exist: is it a run folder of `mnistlab train` "
-                        "(with tracking.jsonl = true)?") from None
+        raise TrackingError(
+            f"{path} does not exist: is it a run folder of `mnistlab train` "
+            "(with tracking.jsonl = true)?"
+        ) from None
     except OSError as exc:
         raise TrackingError(f"cannot read {path}: {exc.strerror or exc}") from None
     records = []
@@ -67,11 +69,14 @@ def load_curves(run: str | Path, label: str | None = None) -> Curves:
     path = metrics_path(run)
     records = read_metrics(path)
     if not records:
-        raise TrackingError(f"{path} holds no metrics yet (training logs every train.log_every steps)")
+        raise TrackingError(
+            f"{path} holds no metrics yet (training logs every train.log_every steps)"
+        )
     name = label or (path.parent.name if path.name == METRICS_FILE else path.stem)
-    series: dict[str, dict[int, float]] = {k: {} for k in
-                                           ("loss", "loss_smoothed", "validation_accuracy",
-                                            "validation_accuracy_raw", "lr")}
+    series: dict[str, dict[int, float]] = {
+        k: {}
+        for k in ("loss", "loss_smoothed", "validation_accuracy", "validation_accuracy_raw", "lr")
+    }
     curves = Curves(name)
     for r in records:
         for key, by_step in series.items():
@@ -94,12 +99,15 @@ def _xy(points: list[tuple[int, float]]) -> tuple[list[int], list[float]]:
 def _unique_labels(runs: list[Path]) -> list[str]:
     """Folder names, or parent/name where two runs share a folder name."""
     names = [metrics_path(r).parent.name for r in runs]
-    return [f"{metrics_path(r).parent.parent.name}/{n}" if names.count(n) > 1 else n
-            for r, n in zip(runs, names, strict=True)]
+    return [
+        f"{metrics_path(r).parent.parent.name}/{n}" if names.count(n) > 1 else n
+        for r, n in zip(runs, names, strict=True)
+    ]
 
 
-def plot_runs(runs: list[str | Path], output: str | Path, *, title: str | None = None,
-              dpi: int = 110) -> Path:
+def plot_runs(
+    runs: list[str | Path], output: str | Path, *, title: str | None = None, dpi: int = 110
+) -> Path:
     """Write a PNG of the learning curves of ``runs`` to ``output``; returns its path."""
     import matplotlib
 
@@ -109,8 +117,9 @@ def plot_runs(runs: list[str | Path], output: str | Path, *, title: str | None =
     if not runs:
         raise TrackingError("name at least one run folder (or metrics.jsonl) to plot")
     paths = [Path(r) for r in runs]
-    all_curves = [load_curves(p, label) for p, label in zip(paths, _unique_labels(paths),
-                                                            strict=True)]
+    all_curves = [
+        load_curves(p, label) for p, label in zip(paths, _unique_labels(paths), strict=True)
+    ]
     fig, (ax_loss, ax_acc, ax_lr) = plt.subplots(1, 3, figsize=(15, 4.5))
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for i, c in enumerate(all_curves):
@@ -122,8 +131,9 @@ def plot_runs(runs: list[str | Path], output: str | Path, *, title: str | None =
         test = f" (test {100 * c.test_accuracy:.2f}%)" if c.test_accuracy is not None else ""
         if c.validation:
             steps, acc = _xy(c.validation)
-            ax_acc.plot(steps, [100 * a for a in acc], color=color, marker=".",
-                        label=c.label + test)
+            ax_acc.plot(
+                steps, [100 * a for a in acc], color=color, marker=".", label=c.label + test
+            )
         if c.validation_raw:
             steps, acc = _xy(c.validation_raw)
             ax_acc.plot(steps, [100 * a for a in acc], color=color, linestyle="--", alpha=0.6)
@@ -132,8 +142,9 @@ def plot_runs(runs: list[str | Path], output: str | Path, *, title: str | None =
     ax_loss.set(title="training loss (L2 included)", xlabel="step", ylabel="loss")
     if any(v > 0 for c in all_curves for _, v in c.loss):
         ax_loss.set_yscale("log")
-    ax_acc.set(title="validation accuracy (EMA solid, raw dashed)", xlabel="step",
-               ylabel="accuracy (%)")
+    ax_acc.set(
+        title="validation accuracy (EMA solid, raw dashed)", xlabel="step", ylabel="accuracy (%)"
+    )
     ax_lr.set(title="learning rate", xlabel="step", ylabel="lr")
     for ax in (ax_loss, ax_acc, ax_lr):
         ax.grid(True, alpha=0.3)

@@ -19,9 +19,19 @@ def _duration(seconds: float) -> str:
 
 
 class Progress:
-    def __init__(self, total: int | None, desc: str = "", unit: str = "step", *,
-                 stream: TextIO | None = None, enabled: bool = True, every: float = 10.0,
-                 initial: int = 0, scale: float = 1.0, unit_label: str | None = None):
+    def __init__(
+        self,
+        total: int | None,
+        desc: str = "",
+        unit: str = "step",
+        *,
+        stream: TextIO | None = None,
+        enabled: bool = True,
+        every: float = 10.0,
+        initial: int = 0,
+        scale: float = 1.0,
+        unit_label: str | None = None,
+    ):
         self.total = total
         self.desc = desc
         self.unit = unit

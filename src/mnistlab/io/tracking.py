@@ -91,11 +91,14 @@ def _plain(value: Any) -> Any:
 
 def _finite(record: dict[str, Any]) -> dict[str, Any]:
     """JSON has no NaN: such values become ``null``."""
-    return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in record.items()}
+    return {
+        k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in record.items()
+    }
 
 
-def misclassified_grid(images: np.ndarray, labels: np.ndarray, predicted: np.ndarray,
-                       cols: int = 8, scale: int = 2) -> np.ndarray:
+def misclassified_grid(
+    images: np.ndarray, labels: np.ndarray, predicted: np.ndarray, cols: int = 8, scale: int = 2
+) -> np.ndarray:
     """An ``H x W`` uint8 grid of digits, each captioned ``"7 as 1"`` (true as predicted).
     Grayscale: TensorBoard's writer checksums every byte in pure Python, so bytes cost time."""
     from PIL import Image, ImageDraw
@@ -130,9 +133,15 @@ def histogram_proto(tensor: torch.Tensor, bins: int = HISTOGRAM_BINS) -> Any:
     top = high if high > low else low + 1e-6
     counts = torch.histc(v, bins=bins, min=low, max=top)
     edges = torch.linspace(low, top, bins + 1, dtype=torch.float64)[1:]
-    return HistogramProto(min=low, max=high, num=float(v.numel()), sum=float(v.sum()),
-                          sum_squares=float(v.dot(v)), bucket_limit=edges.tolist(),
-                          bucket=counts.cpu().tolist())
+    return HistogramProto(
+        min=low,
+        max=high,
+        num=float(v.numel()),
+        sum=float(v.sum()),
+        sum_squares=float(v.dot(v)),
+        bucket_limit=edges.tolist(),
+        bucket=counts.cpu().tolist(),
+    )
 
 
 def hparam_values(config: Any) -> dict[str, bool | int | float | str]:
@@ -151,9 +160,15 @@ class TrackingCallback(Callback):
     default to the run's ``[tracking]`` settings.
     """
 
-    def __init__(self, run_dir: str | Path, *, tensorboard: bool | None = None,
-                 jsonl: bool | None = None, histogram_every: int | None = None,
-                 flush_secs: int = 10):
+    def __init__(
+        self,
+        run_dir: str | Path,
+        *,
+        tensorboard: bool | None = None,
+        jsonl: bool | None = None,
+        histogram_every: int | None = None,
+        flush_secs: int = 10,
+    ):
         self.run_dir = Path(run_dir)
         self._tb_flag, self._jsonl_flag, self._hist_flag = tensorboard, jsonl, histogram_every
         self.flush_secs = flush_secs
@@ -183,8 +198,9 @@ class TrackingCallback(Callback):
         try:
             self.run_dir.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise TrackingError(f"cannot create the run folder {self.run_dir}: "
-                                f"{exc.strerror or exc}") from None
+            raise TrackingError(
+                f"cannot create the run folder {self.run_dir}: {exc.strerror or exc}"
+            ) from None
         if self.jsonl:
             self.metrics = MetricsFile(self.run_dir / METRICS_FILE)
         if self.tensorboard:
@@ -194,8 +210,9 @@ class TrackingCallback(Callback):
             from torch.utils.tensorboard import SummaryWriter
 
             # purge_step: after a resume, TensorBoard drops events a crashed run wrote past it.
-            self.writer = SummaryWriter(log_dir=str(self.run_dir), purge_step=run.step or None,
-                                        flush_secs=self.flush_secs)
+            self.writer = SummaryWriter(
+                log_dir=str(self.run_dir), purge_step=run.step or None, flush_secs=self.flush_secs
+            )
             if run.step == 0:
                 self._write_graph(run)
 
@@ -210,8 +227,10 @@ class TrackingCallback(Callback):
                 warnings.simplefilter("ignore")
                 self.writer.add_graph(model, sample)
         except Exception as exc:  # noqa: BLE001 - the graph is a nicety, training is not
-            print(f"mnistlab: TensorBoard graph skipped ({type(exc).__name__}: {exc})",
-                  file=sys.stderr)
+            print(
+                f"mnistlab: TensorBoard graph skipped ({type(exc).__name__}: {exc})",
+                file=sys.stderr,
+            )
 
     # -- every log_every steps -------------------------------------------------------------------
     def _batch_accuracy(self, run: Any) -> float | None:
@@ -221,7 +240,7 @@ class TrackingCallback(Callback):
             return None
         end = batcher.index_in_epoch
         # A batch that crossed an epoch boundary is represented by its part in the new epoch.
-        idx = batcher.perm[max(0, end - batcher.batch_size): end]
+        idx = batcher.perm[max(0, end - batcher.batch_size) : end]
         if idx.numel() == 0:
             return None
         train = run.data.train
@@ -246,8 +265,13 @@ class TrackingCallback(Callback):
         self._smoothing_weight = SMOOTHING * self._smoothing_weight + (1 - SMOOTHING)
         self._smoothed = SMOOTHING * self._smoothed + (1 - SMOOTHING) * loss
         smoothed = self._smoothed / self._smoothing_weight
-        entry = dict(record, loss_smoothed=smoothed, train_accuracy=accuracy,
-                     steps_per_second=rate, elapsed=round(now - self._began, 3))
+        entry = dict(
+            record,
+            loss_smoothed=smoothed,
+            train_accuracy=accuracy,
+            steps_per_second=rate,
+            elapsed=round(now - self._began, 3),
+        )
         self._flush_pending()
         self._pending = entry
         if self.writer is not None:
@@ -274,8 +298,11 @@ class TrackingCallback(Callback):
             self._pending.update(fields)
         else:
             self._flush_pending()
-            self._pending = {"step": record["step"], **fields,
-                             "elapsed": round(time.perf_counter() - self._began, 3)}
+            self._pending = {
+                "step": record["step"],
+                **fields,
+                "elapsed": round(time.perf_counter() - self._began, 3),
+            }
         if self.writer is None:
             return
         step, w = record["step"], self.writer
@@ -296,10 +323,15 @@ class TrackingCallback(Callback):
         buffer = io.BytesIO()
         Image.fromarray(image).save(buffer, format="PNG", compress_level=1)
         height, width = image.shape[:2]
-        png = Summary.Image(height=height, width=width, colorspace=1 if image.ndim == 2 else 3,
-                            encoded_image_string=buffer.getvalue())
+        png = Summary.Image(
+            height=height,
+            width=width,
+            colorspace=1 if image.ndim == 2 else 3,
+            encoded_image_string=buffer.getvalue(),
+        )
         self.writer._get_file_writer().add_summary(
-            Summary(value=[Summary.Value(tag=tag, image=png)]), step)
+            Summary(value=[Summary.Value(tag=tag, image=png)]), step
+        )
 
     def _misclassified(self, run: Any) -> np.ndarray | None:
         """Predict the first validation images with the EMA weights (collective); on the main
@@ -314,14 +346,21 @@ class TrackingCallback(Callback):
         wrong = (predicted != labels).nonzero().flatten()[:GRID_TILES]
         if wrong.numel() == 0:
             return None
-        return misclassified_grid(images.index_select(0, wrong.to(images.device)).cpu().numpy(),
-                                  labels[wrong].cpu().numpy(), predicted[wrong].cpu().numpy())
+        return misclassified_grid(
+            images.index_select(0, wrong.to(images.device)).cpu().numpy(),
+            labels[wrong].cpu().numpy(),
+            predicted[wrong].cpu().numpy(),
+        )
 
     # -- every histogram_every steps, and bookkeeping after each step ----------------------------
     def on_step(self, run: Any) -> None:
         if self._pending is not None:
             self._flush_pending()
-        if self.histogram_every and run.step % self.histogram_every == 0 and self.writer is not None:
+        if (
+            self.histogram_every
+            and run.step % self.histogram_every == 0
+            and self.writer is not None
+        ):
             self._histograms(run)
 
     @torch.no_grad()
@@ -352,10 +391,13 @@ class TrackingCallback(Callback):
         self._flush_pending()
         summary = result.summary()
         if self.metrics is not None:
-            final = {"step": run.step, "test_accuracy": summary.get("test_accuracy"),
-                     "best_validation_accuracy": summary.get("best_validation_accuracy"),
-                     "samples_per_second": summary.get("samples_per_second"),
-                     "elapsed": round(time.perf_counter() - self._began, 3)}
+            final = {
+                "step": run.step,
+                "test_accuracy": summary.get("test_accuracy"),
+                "best_validation_accuracy": summary.get("best_validation_accuracy"),
+                "samples_per_second": summary.get("samples_per_second"),
+                "elapsed": round(time.perf_counter() - self._began, 3),
+            }
             self.metrics.write(_finite(final))
         if self.writer is not None:
             if summary.get("test_accuracy") is not None:
@@ -368,8 +410,12 @@ class TrackingCallback(Callback):
         (``SummaryWriter.add_hparams`` would put them in a new sub-run named by the clock)."""
         from torch.utils.tensorboard.summary import hparams
 
-        names = ("test_accuracy", "validation_accuracy", "best_validation_accuracy",
-                 "samples_per_second")
+        names = (
+            "test_accuracy",
+            "validation_accuracy",
+            "best_validation_accuracy",
+            "samples_per_second",
+        )
         metrics = {f"hparams/{k}": float(summary[k]) for k in names if summary.get(k) is not None}
         metrics["hparams/steps"] = float(run.step)
         experiment, start, end = hparams(hparam_values(run.config), metrics)

@@ -29,7 +29,8 @@ def make_parallel_strategy(config: Config) -> Strategy | None:
         if under_torchrun() and world > 1:
             raise ParallelError(
                 f"torchrun started {world} workers but no parallel mode was chosen (each would "
-                "train alone): add --parallel data (or async, tensor, pipeline)")
+                "train alone): add --parallel data (or async, tensor, pipeline)"
+            )
         return None
     if p.mode == "data":
         from mnistlab.parallel.data_parallel import DataParallel
@@ -47,8 +48,9 @@ def make_parallel_strategy(config: Config) -> Strategy | None:
         from mnistlab.parallel.pipeline import PipelineParallel
 
         return PipelineParallel(t.batch_size, p.schedule, p.microbatches, device=t.device)
-    raise ParallelError(f"unknown parallel mode {p.mode!r}: choose none, data, async, tensor or "
-                        "pipeline")
+    raise ParallelError(
+        f"unknown parallel mode {p.mode!r}: choose none, data, async, tensor or pipeline"
+    )
 
 
 __all__ = ["LossFn", "MakeOptimizer", "ParallelError", "Strategy", "make_parallel_strategy"]

@@ -62,7 +62,8 @@ class AsyncParallel(DistributedStrategy):
             raise ParallelError(
                 f"--parallel async shares memory, so all workers must be on one machine; this "
                 f"group spans {self.world_size // max(1, self.info.local_world_size)} nodes: use "
-                "--parallel data across machines")
+                "--parallel data across machines"
+            )
         self.data_view: torch.Tensor | None = None
         self._view_seed: int | None = None
         self._num_train = 0
@@ -76,8 +77,12 @@ class AsyncParallel(DistributedStrategy):
         self._num_train = num_train
         return replace(
             config,
-            train=replace(t, steps=math.ceil(t.steps / n), eval_every=max(1, t.eval_every // n),
-                          log_every=max(1, t.log_every // n)),
+            train=replace(
+                t,
+                steps=math.ceil(t.steps / n),
+                eval_every=max(1, t.eval_every // n),
+                log_every=max(1, t.log_every // n),
+            ),
             optim=replace(o, decay_steps=max(1, round(decay / n)), ema_decay=o.ema_decay**n),
             checkpoint=replace(c, every=math.ceil(c.every / n) if c.every else 0),
         )
@@ -85,8 +90,10 @@ class AsyncParallel(DistributedStrategy):
     # -- set-up ----------------------------------------------------------------------------------
     def prepare(self, model: nn.Module, make_optimizer: MakeOptimizer) -> None:
         if self._view_seed is None:
-            raise ParallelError("async: call strategy.worker_config(config, len(data.train)) "
-                                "before training, so each worker runs its share of the updates")
+            raise ParallelError(
+                "async: call strategy.worker_config(config, len(data.train)) "
+                "before training, so each worker runs its share of the updates"
+            )
         model = model.to(self.device)
         params: list[torch.Tensor] = list(model.parameters())
         mp.set_sharing_strategy("file_system")  # named segments any local process can map
@@ -116,7 +123,8 @@ class AsyncParallel(DistributedStrategy):
         raise ParallelError(
             "resuming under --parallel async is not supported (Hogwild runs are not "
             "reproducible and their checkpoints hold one worker's share of the settings): "
-            "evaluate or export the checkpoint, or resume it with --parallel data or none")
+            "evaluate or export the checkpoint, or resume it with --parallel data or none"
+        )
 
     # -- one step --------------------------------------------------------------------------------
     def shard(self, indices: torch.Tensor) -> torch.Tensor:
@@ -134,8 +142,12 @@ class AsyncParallel(DistributedStrategy):
     def all_true(self, flag: bool) -> bool:
         return flag
 
-    def predict(self, images: torch.Tensor, params: Sequence[torch.Tensor] | None = None,
-                batch_size: int = 10_000) -> torch.Tensor | None:
+    def predict(
+        self,
+        images: torch.Tensor,
+        params: Sequence[torch.Tensor] | None = None,
+        batch_size: int = 10_000,
+    ) -> torch.Tensor | None:
         if not self.is_main:
             return None
         return super().predict(images.to(self.device), params, batch_size)

@@ -80,13 +80,18 @@ class Strategy:
 
     # -- evaluation ------------------------------------------------------------------------------
     @torch.no_grad()
-    def predict(self, images: torch.Tensor, params: Sequence[torch.Tensor] | None = None,
-                batch_size: int = 10_000) -> torch.Tensor | None:
+    def predict(
+        self,
+        images: torch.Tensor,
+        params: Sequence[torch.Tensor] | None = None,
+        batch_size: int = 10_000,
+    ) -> torch.Tensor | None:
         assert self.model is not None
         was_training = self.model.training
         self.model.eval()
         try:
             if params is None:
+
                 def forward(x: torch.Tensor) -> torch.Tensor:
                     assert self.model is not None
                     return self.model(x)
@@ -98,8 +103,10 @@ class Strategy:
                     assert self.model is not None
                     return functional_call(self.model, mapping, (x,))
 
-            out = [forward(images[i : i + batch_size]).argmax(dim=1)
-                   for i in range(0, images.shape[0], batch_size)]
+            out = [
+                forward(images[i : i + batch_size]).argmax(dim=1)
+                for i in range(0, images.shape[0], batch_size)
+            ]
             return torch.cat(out) if out else torch.empty(0, dtype=torch.int64)
         finally:
             self.model.train(was_training)
@@ -122,11 +129,15 @@ class Strategy:
         names = [n for n, _ in self.local_parameters()]
         state = self.optimizer.state_dict()["state"]
         entries = [state.get(i, {}) for i in range(len(names))]
-        tensor_keys = sorted({k for e in entries for k, v in e.items()
-                              if isinstance(v, torch.Tensor) and v.ndim > 0})
+        tensor_keys = sorted(
+            {k for e in entries for k, v in e.items() if isinstance(v, torch.Tensor) and v.ndim > 0}
+        )
         tensors = {k: self.full_state([e[k] for e in entries]) for k in tensor_keys}
-        scalars = {n: {k: v for k, v in e.items() if k not in tensor_keys}
-                   for n, e in zip(names, entries, strict=True) if e}
+        scalars = {
+            n: {k: v for k, v in e.items() if k not in tensor_keys}
+            for n, e in zip(names, entries, strict=True)
+            if e
+        }
         return {"tensors": tensors, "scalars": scalars}
 
     def load_optimizer_state(self, saved: dict[str, Any]) -> None:

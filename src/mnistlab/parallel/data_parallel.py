@@ -42,8 +42,9 @@ class DataParallel(DistributedStrategy):
 
     def __init__(self, batch_size: int, device: str = "auto"):
         super().__init__(device)
-        self.per_rank = check_divisible(batch_size, self.world_size, "shards across workers",
-                                        "the number of workers")
+        self.per_rank = check_divisible(
+            batch_size, self.world_size, "shards across workers", "the number of workers"
+        )
         self.ddp: DistributedDataParallel | None = None
 
     def prepare(self, model: nn.Module, make_optimizer: MakeOptimizer) -> None:
@@ -59,7 +60,8 @@ class DataParallel(DistributedStrategy):
         if indices.numel() != self.per_rank * self.world_size:
             raise ParallelError(
                 f"data parallel got a batch of {indices.numel()} rows, expected "
-                f"{self.per_rank * self.world_size}; train.batch_size changed after the start")
+                f"{self.per_rank * self.world_size}; train.batch_size changed after the start"
+            )
         start = self.rank * self.per_rank
         return indices[start : start + self.per_rank]
 
@@ -69,8 +71,12 @@ class DataParallel(DistributedStrategy):
         loss.backward()  # DDP all-reduces and averages the gradients bucket by bucket
         return loss.detach()
 
-    def predict(self, images: torch.Tensor, params: Sequence[torch.Tensor] | None = None,
-                batch_size: int = 10_000) -> torch.Tensor | None:
+    def predict(
+        self,
+        images: torch.Tensor,
+        params: Sequence[torch.Tensor] | None = None,
+        batch_size: int = 10_000,
+    ) -> torch.Tensor | None:
         """Replicas are identical, so the main rank evaluates alone; the others go on."""
         if not self.is_main:
             return None

@@ -50,7 +50,9 @@ def _seconds(name: str, default: float) -> float:
     try:
         value = float(raw)
     except ValueError:
-        raise ParallelError(f"{name}={raw!r} is not a number of seconds (e.g. {name}=120)") from None
+        raise ParallelError(
+            f"{name}={raw!r} is not a number of seconds (e.g. {name}=120)"
+        ) from None
     if value <= 0:
         raise ParallelError(f"{name} must be a positive number of seconds; got {raw}")
     return value
@@ -85,7 +87,9 @@ def init_group(device: str = "auto") -> GroupInfo:
             "MODE --workers N`, or `torchrun --nproc-per-node N -m mnistlab train --parallel MODE`"
         )
     local_rank = int(env.get("LOCAL_RANK", "0"))
-    use_cuda = (device in ("auto", "cuda") and torch.cuda.is_available()) or device.startswith("cuda:")
+    use_cuda = (device in ("auto", "cuda") and torch.cuda.is_available()) or device.startswith(
+        "cuda:"
+    )
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise ParallelError("train.device asks for CUDA but torch sees no CUDA device")
     if use_cuda:
@@ -96,8 +100,12 @@ def init_group(device: str = "auto") -> GroupInfo:
     if not dist.is_initialized():
         timeout = datetime.timedelta(seconds=_seconds(TIMEOUT_ENV, 300.0))
         backend = "nccl" if place.type == "cuda" else "gloo"
-        kwargs: dict[str, Any] = {"backend": backend, "timeout": timeout,
-                                  "rank": int(env["RANK"]), "world_size": int(env["WORLD_SIZE"])}
+        kwargs: dict[str, Any] = {
+            "backend": backend,
+            "timeout": timeout,
+            "rank": int(env["RANK"]),
+            "world_size": int(env["WORLD_SIZE"]),
+        }
         if place.type == "cuda":
             kwargs["device_id"] = place
         try:
@@ -130,9 +138,13 @@ def _attempt_store(timeout: datetime.timedelta) -> dist.Store:
     env = os.environ
     agent_store = env.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
     store = dist.TCPStore(
-        host_name=env.get("MASTER_ADDR", "127.0.0.1"), port=int(env.get("MASTER_PORT", "29500")),
-        world_size=int(env["WORLD_SIZE"]), is_master=not agent_store and env["RANK"] == "0",
-        timeout=timeout, multi_tenant=not agent_store)
+        host_name=env.get("MASTER_ADDR", "127.0.0.1"),
+        port=int(env.get("MASTER_PORT", "29500")),
+        world_size=int(env["WORLD_SIZE"]),
+        is_master=not agent_store and env["RANK"] == "0",
+        timeout=timeout,
+        multi_tenant=not agent_store,
+    )
     return dist.PrefixStore(f"mnistlab/attempt-{env.get('TORCHELASTIC_RESTART_COUNT', '0')}", store)
 
 
@@ -189,7 +201,8 @@ class Watchdog:
                 sys.stderr.write(
                     f"mnistlab: error: rank {self.rank}: {self._what} did not finish within "
                     f"{self.seconds:g} s (a peer stalled or a send/receive hung); stopping this "
-                    f"worker so the group ends (raise {STEP_TIMEOUT_ENV} if steps are that slow)\n")
+                    f"worker so the group ends (raise {STEP_TIMEOUT_ENV} if steps are that slow)\n"
+                )
                 sys.stderr.flush()
                 os._exit(HANG_EXIT_CODE)
 

@@ -29,8 +29,11 @@ from mnistlab.errors import ParallelError
 from mnistlab.parallel.dist import HANG_EXIT_CODE, under_torchrun
 
 # Lines that say a worker failed *because a peer had already gone*, not why the group failed.
-_KNOCK_ON = re.compile(r"connection (closed|reset)|broken pipe|socket|peer|timed out|"
-                       r"DistBackendError|NCCL|gloo", re.IGNORECASE)
+_KNOCK_ON = re.compile(
+    r"connection (closed|reset)|broken pipe|socket|peer|timed out|"
+    r"DistBackendError|NCCL|gloo",
+    re.IGNORECASE,
+)
 
 
 def wants_launch(mode: str) -> bool:
@@ -49,12 +52,14 @@ def launch(argv: Sequence[str], workers: int, mode: str, *, log_dir: str | None 
     ``argv`` is this process's own command line after the program name (``sys.argv[1:]``).
     """
     argv = list(argv)
-    if "train" not in argv or not any(a == "--parallel" or a.startswith("--parallel=")
-                                      for a in argv):
+    if "train" not in argv or not any(
+        a == "--parallel" or a.startswith("--parallel=") for a in argv
+    ):
         raise ParallelError(
             "--workers re-runs the mnistlab command line, which is not available here (was "
             "mnistlab called from Python?): run `torchrun --nproc-per-node N -m mnistlab train "
-            "--parallel MODE ...` instead")
+            "--parallel MODE ...` instead"
+        )
     if workers < 1:
         raise ParallelError(f"--workers must be at least 1; got {workers}")
     import torch.distributed.run as torchrun
@@ -68,20 +73,34 @@ def launch(argv: Sequence[str], workers: int, mode: str, *, log_dir: str | None 
     # The main worker's lines reach the console as they are (no "[default0]:" prefix, so
     # --json still ends with a JSON line): the prefix template is the role, and the role is empty.
     os.environ.setdefault("TORCHELASTIC_LOG_LINE_PREFIX_TEMPLATE", "${role_name}")
-    args = torchrun.parse_args([
-        "--standalone", f"--nproc-per-node={workers}", "--role=", "--tee=3", f"--log-dir={logs}",
-        f"--local-ranks-filter={main}", "--monitor-interval=0.5", "--module", "mnistlab", *argv,
-    ])
+    args = torchrun.parse_args(
+        [
+            "--standalone",
+            f"--nproc-per-node={workers}",
+            "--role=",
+            "--tee=3",
+            f"--log-dir={logs}",
+            f"--local-ranks-filter={main}",
+            "--monitor-interval=0.5",
+            "--module",
+            "mnistlab",
+            *argv,
+        ]
+    )
     try:
         with _quiet_torchrun():
             torchrun.run(args)
     except SignalException as exc:  # Ctrl-C or SIGTERM: the workers stop at a step and save
-        raise ParallelError(f"the workers were stopped by signal {exc.sigval.name}; a run with "
-                            "checkpoints goes on with --resume RUN_DIR") from None
+        raise ParallelError(
+            f"the workers were stopped by signal {exc.sigval.name}; a run with "
+            "checkpoints goes on with --resume RUN_DIR"
+        ) from None
     except ChildFailedError as exc:
         rank, message = root_cause(exc, logs)
-        raise ParallelError(f"worker rank {rank} of {workers} failed: {message}; the other "
-                            f"workers were stopped (all workers' output: {logs})") from None
+        raise ParallelError(
+            f"worker rank {rank} of {workers} failed: {message}; the other "
+            f"workers were stopped (all workers' output: {logs})"
+        ) from None
     if own_logs:
         shutil.rmtree(logs, ignore_errors=True)
     return 0
@@ -124,8 +143,9 @@ def root_cause(exc: BaseException, logs: Path) -> tuple[int, str]:
 
 def _reason_from_log(logs: Path, local_rank: int) -> str:
     """The worker's ``mnistlab: error:`` line, else the last line of its traceback."""
-    attempts = sorted(logs.glob(f"*/attempt_*/{local_rank}/stderr.log"),
-                      key=lambda p: (p.stat().st_mtime, str(p)))
+    attempts = sorted(
+        logs.glob(f"*/attempt_*/{local_rank}/stderr.log"), key=lambda p: (p.stat().st_mtime, str(p))
+    )
     if not attempts:
         return ""
     try:

@@ -43,7 +43,8 @@ def split_stages(names: Sequence[str], parts: int) -> list[list[str]]:
     if not 1 <= parts <= len(names):
         raise ParallelError(
             f"a pipeline of {parts} stages needs a model with at least {parts} stages; this one "
-            f"has {len(names)} ({', '.join(names)}): use at most {len(names)} workers")
+            f"has {len(names)} ({', '.join(names)}): use at most {len(names)} workers"
+        )
     size, extra = divmod(len(names), parts)
     groups, start = [], 0
     for i in range(parts):
@@ -58,8 +59,9 @@ class PipelineParallel(DistributedStrategy):
 
     mode = "pipeline"
 
-    def __init__(self, batch_size: int, schedule: str = "gpipe", microbatches: int = 1,
-                 device: str = "auto"):
+    def __init__(
+        self, batch_size: int, schedule: str = "gpipe", microbatches: int = 1, device: str = "auto"
+    ):
         super().__init__(device)
         if schedule not in ("gpipe", "1f1b"):
             raise ParallelError(f"unknown pipeline schedule {schedule!r}: choose gpipe or 1f1b")
@@ -130,8 +132,12 @@ class PipelineParallel(DistributedStrategy):
 
     # -- evaluation ------------------------------------------------------------------------------
     @torch.no_grad()
-    def predict(self, images: torch.Tensor, params: Sequence[torch.Tensor] | None = None,
-                batch_size: int = 10_000) -> torch.Tensor | None:
+    def predict(
+        self,
+        images: torch.Tensor,
+        params: Sequence[torch.Tensor] | None = None,
+        batch_size: int = 10_000,
+    ) -> torch.Tensor | None:
         """The stages send their weights (or moving averages) to the main rank, which evaluates
         its whole copy of the model: one small transfer instead of streaming every image."""
         tensors = params if params is not None else [p for _, p in self.local_parameters()]
@@ -144,8 +150,12 @@ class PipelineParallel(DistributedStrategy):
         was_training = self.full_model.training
         self.full_model.eval()
         try:
-            out = [functional_call(self.full_model, mapping, (images[i : i + batch_size],))
-                   .argmax(dim=1) for i in range(0, images.shape[0], batch_size)]
+            out = [
+                functional_call(self.full_model, mapping, (images[i : i + batch_size],)).argmax(
+                    dim=1
+                )
+                for i in range(0, images.shape[0], batch_size)
+            ]
         finally:
             self.full_model.train(was_training)
         return torch.cat(out) if out else torch.empty(0, dtype=torch.int64)

@@ -55,8 +55,10 @@ def _replicate_rest(model: nn.Module, plan: dict[str, ParallelStyle], mesh: Devi
     """Make the stages the plan does not touch (LeNet's convolutions) replicated DTensors."""
 
     def to_dtensor(_mod: nn.Module, inputs: Any, mesh: DeviceMesh) -> tuple[Any, ...]:
-        return tuple(x if isinstance(x, DTensor) else DTensor.from_local(x, mesh, [Replicate()])
-                     for x in inputs)
+        return tuple(
+            x if isinstance(x, DTensor) else DTensor.from_local(x, mesh, [Replicate()])
+            for x in inputs
+        )
 
     def to_local(_mod: nn.Module, output: Any, _mesh: DeviceMesh) -> Any:
         return output.to_local() if isinstance(output, DTensor) else output
@@ -64,8 +66,12 @@ def _replicate_rest(model: nn.Module, plan: dict[str, ParallelStyle], mesh: Devi
     for name, stage in model.named_children():
         covered = any(key == name or key.startswith(name + ".") for key in plan)
         if not covered and any(True for _ in stage.parameters()):
-            distribute_module(stage, mesh, input_fn=to_dtensor,  # type: ignore[arg-type]
-                              output_fn=to_local)
+            distribute_module(
+                stage,
+                mesh,
+                input_fn=to_dtensor,  # type: ignore[arg-type]
+                output_fn=to_local,
+            )
 
 
 class TensorParallel(DistributedStrategy):
@@ -94,8 +100,12 @@ class TensorParallel(DistributedStrategy):
     def reduce_losses(self, losses: torch.Tensor) -> torch.Tensor:
         return losses  # the logits, and so the loss, are whole and equal on every rank
 
-    def predict(self, images: torch.Tensor, params: Sequence[torch.Tensor] | None = None,
-                batch_size: int = 10_000) -> torch.Tensor | None:
+    def predict(
+        self,
+        images: torch.Tensor,
+        params: Sequence[torch.Tensor] | None = None,
+        batch_size: int = 10_000,
+    ) -> torch.Tensor | None:
         """Every rank runs its slice of the model (the layers communicate); main keeps it."""
         with self.watchdog.guard("tensor-parallel evaluation"):
             out = super().predict(images, params, batch_size)
@@ -103,8 +113,10 @@ class TensorParallel(DistributedStrategy):
 
     def full_state(self, tensors: Sequence[torch.Tensor]) -> dict[str, torch.Tensor]:
         names = [n for n, _ in self.local_parameters()]
-        return {n: (t.full_tensor() if isinstance(t, DTensor) else t).detach().to("cpu", copy=True)
-                for n, t in zip(names, tensors, strict=True)}
+        return {
+            n: (t.full_tensor() if isinstance(t, DTensor) else t).detach().to("cpu", copy=True)
+            for n, t in zip(names, tensors, strict=True)
+        }
 
     def local_state(self, full: dict[str, torch.Tensor]) -> list[torch.Tensor]:
         """Each rank cuts its own slice from the full tensor it loaded (no communication)."""
@@ -115,4 +127,3 @@ class TensorParallel(DistributedStrategy):
                 value = distribute_tensor(value, p.device_mesh, p.placements, src_data_rank=None)
             out.append(value)
         return out
-

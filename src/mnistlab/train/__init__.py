@@ -21,8 +21,22 @@ from mnistlab.train.objective import (
 )
 
 __all__ = [
-    "EMA", "Callback", "EvalResult", "Run", "TrainResult", "TrainingInterrupted",
-    "add_l2_gradient", "build_run", "confusion_matrix", "cross_entropy", "decay_steps_for",
-    "ema_decay_at", "exponential_decay", "l2_penalty", "naive_cross_entropy", "resolve_device",
-    "summarize", "train",
+    "EMA",
+    "Callback",
+    "EvalResult",
+    "Run",
+    "TrainResult",
+    "TrainingInterrupted",
+    "add_l2_gradient",
+    "build_run",
+    "confusion_matrix",
+    "cross_entropy",
+    "decay_steps_for",
+    "ema_decay_at",
+    "exponential_decay",
+    "l2_penalty",
+    "naive_cross_entropy",
+    "resolve_device",
+    "summarize",
+    "train",
 ]

@@ -40,8 +40,11 @@ class EMA:
         self.num_updates += 1
 
     def state_dict(self) -> dict[str, Any]:
-        return {"num_updates": self.num_updates, "decay": self.decay,
-                "shadows": [s.clone() for s in self.shadows]}
+        return {
+            "num_updates": self.num_updates,
+            "decay": self.decay,
+            "shadows": [s.clone() for s in self.shadows],
+        }
 
     @torch.no_grad()
     def load_state_dict(self, state: dict[str, Any]) -> None:

@@ -76,7 +76,9 @@ def resolve_device(name: str) -> torch.device:
     try:
         device = torch.device(name)
     except RuntimeError:
-        raise TrainingError(f"train.device {name!r} is not a device (use auto, cpu or cuda)") from None
+        raise TrainingError(
+            f"train.device {name!r} is not a device (use auto, cpu or cuda)"
+        ) from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise TrainingError("train.device asks for CUDA but torch sees no CUDA device")
     return device
@@ -140,7 +142,9 @@ class Run:
         return {
             "step": self.step,
             "model": self.strategy.full_state(params),
-            "ema": None if self.ema is None else {
+            "ema": None
+            if self.ema is None
+            else {
                 "num_updates": self.ema.num_updates,
                 "shadows": self.strategy.full_state(self.ema.shadows),
             },
@@ -148,7 +152,9 @@ class Run:
             "data": self.batcher.state_dict(),
             "rng": {
                 "torch": torch.get_rng_state(),
-                "cuda": [s for s in torch.cuda.get_rng_state_all()] if torch.cuda.is_available() else [],
+                "cuda": [s for s in torch.cuda.get_rng_state_all()]
+                if torch.cuda.is_available()
+                else [],
                 "numpy": _numpy_rng_state(),
             },
             "metrics": {
@@ -164,13 +170,15 @@ class Run:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         assert self.batcher is not None
         self.step = int(state["step"])
-        for param, saved in zip(self.parameters(), self.strategy.local_state(state["model"]),
-                                strict=True):
+        for param, saved in zip(
+            self.parameters(), self.strategy.local_state(state["model"]), strict=True
+        ):
             param.copy_(saved)
         if self.ema is not None and state.get("ema"):
             self.ema.num_updates = int(state["ema"]["num_updates"])
-            for shadow, saved in zip(self.ema.shadows,
-                                     self.strategy.local_state(state["ema"]["shadows"]), strict=True):
+            for shadow, saved in zip(
+                self.ema.shadows, self.strategy.local_state(state["ema"]["shadows"]), strict=True
+            ):
                 shadow.copy_(saved)
         self.strategy.load_optimizer_state(state["optimizer"])
         self.batcher.load_state_dict(state["data"])
@@ -191,8 +199,13 @@ class Run:
 
 def _numpy_rng_state() -> dict[str, Any]:
     name, keys, pos, has_gauss, cached = np.random.get_state()
-    return {"name": name, "keys": torch.from_numpy(np.asarray(keys).astype(np.int64)), "pos": int(pos),
-            "has_gauss": int(has_gauss), "cached": float(cached)}
+    return {
+        "name": name,
+        "keys": torch.from_numpy(np.asarray(keys).astype(np.int64)),
+        "pos": int(pos),
+        "has_gauss": int(has_gauss),
+        "cached": float(cached),
+    }
 
 
 def _set_numpy_rng_state(state: dict[str, Any]) -> None:
@@ -221,8 +234,12 @@ def _stop_on_signals(run: Run) -> Iterator[None]:
             signal.signal(s, handler)
 
 
-def build_run(config: Config, data: Splits, strategy: Strategy | None = None,
-              callbacks: Sequence[Callback] = ()) -> Run:
+def build_run(
+    config: Config,
+    data: Splits,
+    strategy: Strategy | None = None,
+    callbacks: Sequence[Callback] = (),
+) -> Run:
     """Model, optimizer, moving average and data order for ``config``, placed by ``strategy``."""
     t = config.train
     if t.threads:
@@ -253,8 +270,13 @@ def _check_losses(run: Run, losses: torch.Tensor, first_step: int) -> float:
     return sum(values) / len(values)
 
 
-def train(config: Config, data: Splits, strategy: Strategy | None = None,
-          callbacks: Sequence[Callback] = (), resume_state: dict[str, Any] | None = None) -> TrainResult:
+def train(
+    config: Config,
+    data: Splits,
+    strategy: Strategy | None = None,
+    callbacks: Sequence[Callback] = (),
+    resume_state: dict[str, Any] | None = None,
+) -> TrainResult:
     """Train ``config`` on ``data``; returns the final figures (test accuracy with EMA weights)."""
     started = time.perf_counter()
     run = build_run(config, data, strategy, callbacks)
@@ -307,12 +329,21 @@ def _loop(run: Run) -> float:
         run.step = step + 1
 
         if run.step - window_start == t.log_every or run.step == t.steps:
-            mean = _check_losses(run, strategy.reduce_losses(window[: run.step - window_start]), window_start)
-            run.last_loss = mean + float(strategy.global_penalty(l2_penalty(weights, o.l2))) if o.l2 else mean
+            mean = _check_losses(
+                run, strategy.reduce_losses(window[: run.step - window_start]), window_start
+            )
+            run.last_loss = (
+                mean + float(strategy.global_penalty(l2_penalty(weights, o.l2))) if o.l2 else mean
+            )
             window_start = run.step
-            record = {"step": run.step, "loss": run.last_loss, "data_loss": mean, "lr": run.lr,
-                      "epoch": run.batcher.epoch,
-                      "ema_decay": run.ema.current_decay if run.ema else None}
+            record = {
+                "step": run.step,
+                "loss": run.last_loss,
+                "data_loss": mean,
+                "lr": run.lr,
+                "epoch": run.batcher.epoch,
+                "ema_decay": run.ema.current_decay if run.ema else None,
+            }
             for cb in run.callbacks:
                 cb.on_log(run, record)
         if run.step % t.eval_every == 0 or run.step == t.steps:
@@ -323,7 +354,9 @@ def _loop(run: Run) -> float:
             for cb in run.callbacks:
                 cb.on_interrupt(run)
             hint = f"; {run.resume_hint}" if run.resume_hint else ""
-            raise TrainingInterrupted(run.step, f"training stopped at step {run.step} of {t.steps}{hint}")
+            raise TrainingInterrupted(
+                run.step, f"training stopped at step {run.step} of {t.steps}{hint}"
+            )
     elapsed = time.perf_counter() - begun
     run.history.append({"train_steps": run.step - start_step, "train_seconds": elapsed})
     return elapsed
@@ -342,10 +375,14 @@ def _validate(run: Run) -> None:
     if run.best_validation_accuracy is None or result.accuracy > run.best_validation_accuracy:
         run.best_validation_accuracy = result.accuracy
         run.best_step = run.step
-    record = {"step": run.step, "validation_accuracy": result.accuracy,
-              "validation_accuracy_raw": raw.accuracy if raw else (
-                  result.accuracy if run.ema is None else None),
-              "best_validation_accuracy": run.best_validation_accuracy}
+    record = {
+        "step": run.step,
+        "validation_accuracy": result.accuracy,
+        "validation_accuracy_raw": raw.accuracy
+        if raw
+        else (result.accuracy if run.ema is None else None),
+        "best_validation_accuracy": run.best_validation_accuracy,
+    }
     for cb in run.callbacks:
         cb.on_eval(run, record)
 
@@ -361,7 +398,9 @@ def _finish(run: Run, started: float, train_seconds: float) -> TrainResult:
         best_validation_accuracy=run.best_validation_accuracy,
         wall_seconds=time.perf_counter() - started,
         train_seconds=train_seconds,
-        samples_per_second=steps_run * run.config.train.batch_size / train_seconds if train_seconds else 0.0,
+        samples_per_second=steps_run * run.config.train.batch_size / train_seconds
+        if train_seconds
+        else 0.0,
         dataset=run.data.name,
         data_dir=str(run.data.directory),
         used_ema=run.ema is not None,

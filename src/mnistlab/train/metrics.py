@@ -17,11 +17,17 @@ class EvalResult:
     count: int
 
     def to_dict(self) -> dict[str, object]:
-        return {"accuracy": self.accuracy, "per_class": self.per_class,
-                "confusion": self.confusion, "count": self.count}
+        return {
+            "accuracy": self.accuracy,
+            "per_class": self.per_class,
+            "confusion": self.confusion,
+            "count": self.count,
+        }
 
 
-def confusion_matrix(predicted: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+def confusion_matrix(
+    predicted: torch.Tensor, labels: torch.Tensor, num_classes: int
+) -> torch.Tensor:
     index = labels.to(torch.int64) * num_classes + predicted.to(torch.int64)
     counts = torch.bincount(index.cpu(), minlength=num_classes * num_classes)
     return counts.reshape(num_classes, num_classes)

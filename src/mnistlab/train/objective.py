@@ -56,8 +56,9 @@ def add_l2_gradient(weights: Sequence[torch.Tensor], scale: float) -> None:
         torch._foreach_add_(grads, held, alpha=scale)
 
 
-def exponential_decay(step: int, base: float, decay: float, decay_steps: int,
-                      staircase: bool = False) -> float:
+def exponential_decay(
+    step: int, base: float, decay: float, decay_steps: int, staircase: bool = False
+) -> float:
     """``base * decay ** (step / decay_steps)``; with ``staircase`` the exponent is an integer."""
     exponent = step / decay_steps
     if staircase:
