@@ -257,16 +257,17 @@ def load_data(config: Config, *, quiet: bool = False) -> tuple[Config, Any]:
             device=device,
             progress=progress,
         )
-    except DataError as exc:
+    except DataError:
         if d.data_dir:
             raise
-        first = str(exc).splitlines()[0]
+        how = "could not be downloaded" if d.download else "downloads are off"
         highlight = "\033[1;33m" if sys.stderr.isatty() else ""
         reset = "\033[0m" if highlight else ""
         print(
-            f"{highlight}mnistlab: full MNIST is not available ({first}); training on the bundled "
-            f"mnist-sample (4,000 digits) instead. `mnistlab data download mnist` or "
-            f"--data-dir DIR gives the full dataset.{reset}",
+            f"{highlight}mnistlab: full MNIST is not on this machine and {how}: training on the "
+            "bundled mnist-sample (4,000 digits) instead. For full MNIST: "
+            "`mnistlab data download mnist`, or --data-dir DIR with its four files "
+            f"(`mnistlab train --dataset mnist` shows where it looked).{reset}",
             file=sys.stderr,
         )
         data = load_splits("mnist-sample", validation_size=d.validation_size, device=device)
