@@ -226,6 +226,9 @@ def config_from_args(args: argparse.Namespace) -> Config:
         config = set_value(config, "data.data_dir", args.data_dir)
     if args.device:
         config = set_value(config, "train.device", args.device)
+    if config.data.data_dir:  # saved into checkpoints: keep it valid from any working folder
+        absolute = str(Path(config.data.data_dir).expanduser().absolute())
+        config = set_value(config, "data.data_dir", absolute)
     return validate(config)
 
 
