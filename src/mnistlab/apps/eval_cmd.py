@@ -13,6 +13,8 @@ from typing import Any
 
 import torch
 
+from mnistlab.io.progress import Progress
+
 CKPT_HELP = "a checkpoint file, a run folder (its latest checkpoint) or RUN:best"
 
 
@@ -46,11 +48,18 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 @torch.no_grad()
 def probabilities(
-    model: torch.nn.Module, images: torch.Tensor, batch: int = 10_000
+    model: torch.nn.Module,
+    images: torch.Tensor,
+    batch: int = 1_000,
+    progress: Progress | None = None,
 ) -> torch.Tensor:
-    parts = [
-        torch.softmax(model(images[i : i + batch]), dim=1) for i in range(0, images.shape[0], batch)
-    ]
+    parts = []
+    for i in range(0, images.shape[0], batch):
+        parts.append(torch.softmax(model(images[i : i + batch]), dim=1))
+        if progress is not None:
+            progress.update(parts[-1].shape[0])
+    if progress is not None:
+        progress.close()
     return torch.cat(parts) if parts else torch.empty(0, 10)
 
 
@@ -90,7 +99,8 @@ def run_eval(args: argparse.Namespace) -> int:
         config = set_value(config, "data.data_dir", args.data_dir)
     config, data = load_data(config, quiet=args.json)
     split = data.split(args.split)
-    probs = probabilities(model, split.images)
+    progress = Progress(len(split), desc="eval", unit="digit", enabled=not args.json)
+    probs = probabilities(model, split.images, progress=progress)
     summary = summarize(probs.argmax(dim=1), split.labels, data.num_classes)
     uses_ema = bool(ckpt.state.get("ema")) and not args.raw_weights
     result: dict[str, Any] = {
