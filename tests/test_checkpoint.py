@@ -301,11 +301,23 @@ def test_resume_cli_settings(sample_splits, tmp_path, monkeypatch, capsys):
     assert "resuming from runs/first/checkpoints/step-000060.pt" in captured.err
 
 
-def test_ctrl_c_saves_and_resume_finishes(tmp_path):
-    """SIGINT to `mnistlab train`: a checkpoint at the current step, exit 130, a resume hint;
-    then `--resume DIR` finishes the run."""
-    run_dir = tmp_path / "run"
-    env = {**os.environ, "PYTHONPATH": SRC, "MNISTLAB_DATA": ""}
+ENV = {**os.environ, "PYTHONPATH": SRC, "MNISTLAB_DATA": ""}
+QUIET = ["--quiet", "--set", "tracking.tensorboard=false"]
+
+
+def mnistlab_cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "mnistlab", *args],
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def interrupt_training(run_dir: Path, ready, signals: int, *settings: str) -> tuple[int, str]:
+    """Start an endless `mnistlab train` on the sample, wait until ``ready()``, send SIGINT
+    ``signals`` times (10 ms apart); return the exit status and what it printed on stderr."""
     cmd = [
         sys.executable,
         "-m",
@@ -313,54 +325,51 @@ def test_ctrl_c_saves_and_resume_finishes(tmp_path):
         "train",
         "--dataset",
         "mnist-sample",
-        "--quiet",
-        "--set",
-        "tracking.tensorboard=false",
+        *QUIET,
         "--run-dir",
         str(run_dir),
-        "--checkpoint-every",
-        "0",
         "--set",
         "train.steps=1000000",
-        "--set",
-        "train.eval_every=10",
+        *settings,
     ]
-    child = subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, text=True)
+    child = subprocess.Popen(cmd, env=ENV, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 120
-        while not (run_dir / "checkpoints" / "best.pt").exists():  # training (and its handler) runs
+        while not ready():  # training (and its signal handler) runs
             assert child.poll() is None, child.stderr.read() if child.stderr else ""
             assert time.monotonic() < deadline
-            time.sleep(0.05)
-        child.send_signal(signal.SIGINT)
+            time.sleep(0.02)
+        for i in range(signals):
+            if i:
+                time.sleep(0.01)
+            child.send_signal(signal.SIGINT)
         _, err = child.communicate(timeout=120)
     finally:
         child.kill()
-    assert child.returncode == 130, err
+    return child.returncode, err
+
+
+def test_ctrl_c_saves_and_resume_finishes(tmp_path):
+    """SIGINT to `mnistlab train`: a checkpoint at the current step, exit 130, a resume hint;
+    then `--resume DIR` finishes the run."""
+    run_dir = tmp_path / "run"
+    code, err = interrupt_training(
+        run_dir,
+        (run_dir / "checkpoints" / "best.pt").exists,
+        1,
+        "--checkpoint-every",
+        "0",
+        "--set",
+        "train.eval_every=10",
+    )
+    assert code == 130, err
     assert f"mnistlab train --resume {run_dir}" in err
     steps = step_checkpoints(run_dir / "checkpoints")
     assert len(steps) == 1
     stopped = steps[0][0]
     assert f"training stopped at step {stopped} of 1000000" in err
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "mnistlab",
-            "train",
-            "--resume",
-            str(run_dir),
-            "--set",
-            f"train.steps={stopped + 10}",
-            "--quiet",
-            "--json",
-            "--set",
-            "tracking.tensorboard=false",
-        ],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
+    done = mnistlab_cli(
+        "train", "--resume", str(run_dir), "--set", f"train.steps={stopped + 10}", "--json", *QUIET
     )
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout.strip().splitlines()[-1])["steps"] == stopped + 10
@@ -370,42 +379,18 @@ def test_second_ctrl_c_exits_at_once_and_corrupts_nothing(tmp_path):
     """Two SIGINTs in quick succession while checkpoints are being written often: the process
     ends promptly, and every checkpoint left in the folder is whole and loadable."""
     run_dir = tmp_path / "run"
-    env = {**os.environ, "PYTHONPATH": SRC, "MNISTLAB_DATA": ""}
-    cmd = [
-        sys.executable,
-        "-m",
-        "mnistlab",
-        "train",
-        "--dataset",
-        "mnist-sample",
-        "--quiet",
-        "--set",
-        "tracking.tensorboard=false",
-        "--run-dir",
-        str(run_dir),
+    code, err = interrupt_training(
+        run_dir,
+        lambda: bool(step_checkpoints(run_dir / "checkpoints")),
+        2,
         "--checkpoint-every",
         "5",
         "--keep",
         "2",
         "--set",
-        "train.steps=1000000",
-        "--set",
         "train.eval_every=5",
-    ]
-    child = subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, text=True)
-    try:
-        deadline = time.monotonic() + 120
-        while not step_checkpoints(run_dir / "checkpoints"):
-            assert child.poll() is None, child.stderr.read() if child.stderr else ""
-            assert time.monotonic() < deadline
-            time.sleep(0.02)
-        child.send_signal(signal.SIGINT)
-        time.sleep(0.01)
-        child.send_signal(signal.SIGINT)
-        _, err = child.communicate(timeout=60)
-    finally:
-        child.kill()
-    assert child.returncode == 130, err
+    )
+    assert code == 130, err
     assert "Traceback" not in err
     files = sorted((run_dir / "checkpoints").glob("*.pt"))
     assert files
@@ -413,24 +398,8 @@ def test_second_ctrl_c_exits_at_once_and_corrupts_nothing(tmp_path):
         assert load_checkpoint(path).step > 0
     # A save cut short leaves at most its hidden temp file, which the next run removes.
     leftovers = list((run_dir / "checkpoints").glob(".*.tmp"))
-    resumed = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "mnistlab",
-            "train",
-            "--resume",
-            str(run_dir),
-            "--set",
-            "train.steps=1",
-            "--quiet",
-            "--set",
-            "tracking.tensorboard=false",
-        ],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
+    resumed = mnistlab_cli(
+        "train", "--resume", str(run_dir), "--set", "train.steps=1", *QUIET, timeout=120
     )
     assert resumed.returncode == 0, resumed.stderr
     assert not any(p.exists() for p in leftovers)
