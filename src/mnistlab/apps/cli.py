@@ -7,8 +7,10 @@ sets ``func``; this file only wires them together.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import os
+import signal
 import sys
 
 from mnistlab import __version__
@@ -39,6 +41,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _quiet_shutdown() -> None:
+    """The person asked to stop and everything is saved: a further Ctrl-C while Python shuts
+    down must not print a traceback from some library's exit hook, so it is ignored from here."""
+    with contextlib.suppress(ValueError):  # not the main thread
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -49,9 +58,12 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except MnistlabError as exc:
         kind = "" if exc.exit_code == 130 else "error: "  # a stop the user asked for
+        if exc.exit_code == 130:
+            _quiet_shutdown()
         print(f"mnistlab: {kind}{exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
+        _quiet_shutdown()
         print("mnistlab: interrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:  # `mnistlab ... | head`
