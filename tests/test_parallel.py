@@ -498,13 +498,8 @@ def test_killed_worker_resumes_to_the_same_parameters(tmp_path):
     from mnistlab.io.checkpoint import load_checkpoint
 
     def command(run: Path, *extra: str) -> list[str]:
-        return [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--standalone",
-            "--nproc-per-node=2",
-            "--monitor-interval=0.5",
+        return torchrun(
+            2,
             *extra,
             "-m",
             "mnistlab",
@@ -525,7 +520,7 @@ def test_killed_worker_resumes_to_the_same_parameters(tmp_path):
             "train.steps=600",
             "--set",
             "train.threads=1",
-        ]
+        )
 
     whole = run_group(command(tmp_path / "whole"), timeout=120)
     assert whole.returncode == 0, whole.stderr[-3000:]
