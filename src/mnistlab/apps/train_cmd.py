@@ -12,7 +12,7 @@ from typing import Any
 from mnistlab.apps.resume import resume_state
 from mnistlab.config import PRESETS, Config, all_keys, resolve, set_value, to_toml, validate
 from mnistlab.config.schema import PARALLEL_MODES, SCHEDULES
-from mnistlab.errors import ConfigError, DataError
+from mnistlab.errors import ConfigError
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -57,7 +57,14 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         "--run-dir",
         metavar="DIR",
         help="where this run keeps its config, checkpoints and logs "
-        "(default: runs/<date-time>-<preset>)",
+        "(default: runs/<date-time>-<preset>); a folder holding another run is refused "
+        "unless you --resume it or --overwrite it",
+    )
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="start afresh in a --run-dir that holds another run, deleting its checkpoints, "
+        "metrics, events and config.toml first",
     )
     add_checkpoint_args(p)
     add_tracking_args(p)
@@ -183,13 +190,17 @@ def _parallel_overrides(args: argparse.Namespace, config: Config) -> Config:
         value = getattr(args, flag, None)
         if value is not None:
             config = set_value(config, key, value)
+    return validate(config)
+
+
+def _check_parallel(config: Config) -> None:
+    """After resume (whose checkpoint may supply the mode): workers need a parallel mode."""
     p = config.parallel
     if p.workers > 1 and p.mode == "none":
         raise ConfigError(
             f"--workers {p.workers} needs a parallel mode: add --parallel data "
             "(or async, tensor, pipeline)"
         )
-    return validate(config)
 
 
 def make_strategy(args: argparse.Namespace, config: Config) -> Any:
@@ -197,11 +208,6 @@ def make_strategy(args: argparse.Namespace, config: Config) -> Any:
     from mnistlab.parallel import make_parallel_strategy
 
     return make_parallel_strategy(config)
-
-
-def new_run_dir(config: Config) -> Path:
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    return Path("runs") / f"{stamp}-{config.preset}"
 
 
 def prepare_run_dir(path: Path, config: Config, is_main: bool) -> Path:
@@ -237,6 +243,7 @@ def load_data(config: Config, *, quiet: bool = False) -> tuple[Config, Any]:
     downloaded, else the bundled sample, said in one highlighted line."""
     from mnistlab.apps.data_cmd import download_progress
     from mnistlab.data import load_splits
+    from mnistlab.data.locate import DatasetNotFound
     from mnistlab.train import resolve_device
 
     d = config.data
@@ -260,7 +267,7 @@ def load_data(config: Config, *, quiet: bool = False) -> tuple[Config, Any]:
             device=device,
             progress=progress,
         )
-    except DataError:
+    except DatasetNotFound:  # absent; a corrupt or mislabelled copy is an error, never swapped
         if d.data_dir:
             raise
         how = "could not be downloaded" if d.download else "downloads are off"

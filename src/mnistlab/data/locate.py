@@ -12,8 +12,10 @@ headers, counts and label ranges, and every problem is one ``DataError`` naming 
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
+import stat
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,10 +24,11 @@ import numpy as np
 
 from mnistlab.data.fetch import DownloadFailed, ProgressCallback, fetch_dataset
 from mnistlab.data.idx import encode_idx, is_gzip, read_idx
-from mnistlab.data.registry import ROLES, DatasetSpec, FileSpec, get_dataset
+from mnistlab.data.registry import DATASETS, ROLES, DatasetSpec, FileSpec, get_dataset
 from mnistlab.errors import DataError
 
 __all__ = [
+    "DatasetNotFound",
     "Located",
     "ProgressCallback",
     "VerifyReport",
@@ -41,6 +44,14 @@ __all__ = [
 ]
 
 SAMPLE_DIR = Path(__file__).resolve().parent / "sample"
+
+
+class DatasetNotFound(DataError):
+    """No folder holds the dataset's files and no download delivered them: the dataset is absent.
+
+    Only this may be answered by falling back to another dataset; files that were found but fail
+    verification raise a plain ``DataError`` that says what is wrong with which file.
+    """
 
 
 @dataclass(frozen=True)
@@ -98,6 +109,26 @@ def _names(fs: FileSpec) -> list[str]:
     return names + [n for n in (dotted + ".gz", dotted) if n not in names]
 
 
+def _not_a_file(path: Path) -> str | None:
+    """Why ``path`` exists but cannot be read as a data file (a folder, a symlink loop ...), or
+    None when it is a regular file or nothing at all."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            return "is a symlink loop"
+        if os.path.islink(path):
+            return f"is a symlink to {os.readlink(path)}, which does not exist"
+        if e.errno in (errno.ENOENT, errno.ENOTDIR):
+            return None
+        return f"cannot be read ({e.strerror or e})"
+    if stat.S_ISREG(mode):
+        return None
+    if stat.S_ISDIR(mode):
+        return "is a folder, not a file"
+    return "is not a regular file (a device, pipe or socket)"
+
+
 def find_files(spec: DatasetSpec, folder: Path) -> tuple[dict[str, Path], list[str]]:
     """The files of ``spec`` present in ``folder`` (role -> path), and the names missing."""
     found: dict[str, Path] = {}
@@ -111,12 +142,29 @@ def find_files(spec: DatasetSpec, folder: Path) -> tuple[dict[str, Path], list[s
     return found, missing
 
 
-def _describe(folder: Path, found: dict[str, Path], missing: list[str]) -> str:
+def _odd_entries(spec: DatasetSpec, folder: Path, missing: list[str]) -> dict[str, str]:
+    """For each missing file whose name is taken by something that is not a regular file,
+    ``"NAME is a folder, not a file"`` (or a symlink loop ...): say what is there, not "missing"."""
+    odd: dict[str, str] = {}
+    for fs in spec.files:
+        if fs.filename in missing:
+            for n in _names(fs):
+                why = _not_a_file(folder / n)
+                if why:
+                    odd[fs.filename] = f"{n} {why}"
+                    break
+    return odd
+
+
+def _describe(spec: DatasetSpec, folder: Path, found: dict[str, Path], missing: list[str]) -> str:
     if not folder.is_dir():
         return "no such folder"
-    if not found:
+    odd = _odd_entries(spec, folder, missing)
+    if not found and not odd:
         return "none of the files"
-    return f"only {len(found)} of 4 files (missing {', '.join(missing)})"
+    plain = [m for m in missing if m not in odd]
+    notes = ([f"missing {', '.join(plain)}"] if plain else []) + list(odd.values())
+    return f"only {len(found)} of 4 files ({'; '.join(notes)})"
 
 
 def locate(
@@ -137,7 +185,7 @@ def locate(
         found, missing = find_files(spec, folder)
         if not missing:
             return Located(spec.name, folder, source, found, spec)
-        looked.append(f"{source}: {folder} ({_describe(folder, found, missing)})")
+        looked.append(f"{source}: {folder} ({_describe(spec, folder, found, missing)})")
     attempts: list[str] = []
     if data_dir is None and not spec.bundled:
         if download and (mirrors or spec.mirrors):
@@ -147,7 +195,7 @@ def locate(
                 attempts = e.attempts
         elif not download:
             attempts = ["not tried (download disabled)"]
-    raise DataError(_not_found_message(spec, looked, attempts, data_dir))
+    raise DatasetNotFound(_not_found_message(spec, looked, attempts, data_dir))
 
 
 def _not_found_message(
@@ -234,6 +282,8 @@ class VerifyReport:
     located: Located
     files: list[FileCheck]
     problems: list[str]
+    other_dataset: DatasetSpec | None = None
+    """Set when the files are another registered dataset's (their checksums say so)."""
 
     @property
     def ok(self) -> bool:
@@ -288,8 +338,7 @@ def _check_checksum(fs: FileSpec, check: FileCheck, arr: np.ndarray | None) -> N
         check.size_ok = check.size == fs.size
     size = "" if check.size_ok is not False else f", and its size {check.size} is not {fs.size}"
     check.problems.append(
-        f"{check.path}: {check.checksum_note}{size}: corrupt, truncated or a different dataset "
-        f"(delete it and fetch it again)"
+        f"{check.path}: {check.checksum_note}{size}: corrupt, truncated or a different dataset"
     )
 
 
@@ -350,22 +399,88 @@ def _verify_located(
     spec = located.spec or get_dataset(located.name)
     checks: list[FileCheck] = []
     arrays: dict[str, np.ndarray] = {}
+    readable: dict[str, np.ndarray] = {}
     for role in ROLES:
         check, arr = _check_file(spec.file(role), located.files[role], checksums)
         checks.append(check)
-        if arr is not None and check.ok:
-            arrays[role] = arr
+        if arr is not None:
+            readable[role] = arr
+            if check.ok:
+                arrays[role] = arr
     problems = [p for c in checks for p in c.problems]
+    if any(c.checksum_ok is False for c in checks):
+        other = identify(located.files, readable, exclude=spec.name)
+        if other is not None:
+            title = other.title.split(" (")[0]
+            problems = [
+                f"the files in {located.directory} are {title}, not {spec.title.split(' (')[0]}"
+                f" (their checksums match {other.name!r}): add --dataset {other.name}"
+                f" (or set data.dataset = {other.name!r})"
+            ]
+            return VerifyReport(located, checks, problems, other), arrays
     problems += _cross_checks(spec, arrays, located.files)
     return VerifyReport(located, checks, problems), arrays
 
 
+def identify(
+    files: dict[str, Path], arrays: dict[str, np.ndarray] | None = None, *, exclude: str = ""
+) -> DatasetSpec | None:
+    """The registered dataset whose published checksums all four files match, if any.
+
+    Each file is compared as stored (the published .gz) and by content (the md5 of its IDX bytes,
+    so a repackaged .gz or an uncompressed file is recognised too). ``arrays`` (already read) saves
+    reading the files again; a file that cannot be read matches nothing.
+    """
+    arrays = arrays or {}
+    sums: dict[str, set[str]] = {}
+    for role, path in files.items():
+        found = set()
+        if is_gzip(path):
+            found.add(_md5_sha256(path)[0])
+        arr = arrays.get(role)
+        if arr is None:
+            try:
+                arr = read_idx(path)
+            except DataError:
+                arr = None
+        if arr is not None:
+            found.add(hashlib.md5(encode_idx(arr)).hexdigest())
+        sums[role] = found
+    for spec in DATASETS.values():
+        if spec.name == exclude:
+            continue
+        if all(
+            role in sums and {spec.file(role).md5, spec.file(role).raw_md5} & sums[role]
+            for role in ROLES
+        ):
+            return spec
+    return None
+
+
+_FIX_BY_SOURCE = {
+    "data-dir": "replace it with a good copy, or point --data-dir at a folder that holds one",
+    "env": "replace it with a good copy, or unset MNISTLAB_DATA to use the cache or a download",
+    "cache": "fetch it again with `mnistlab data download {name}` (it replaces the bad file)",
+    "download": "fetch it again with `mnistlab data download {name}` (it replaces the bad file)",
+    "system": "reinstall the system package that installed it, or pass --data-dir with a good copy",
+    "bundled": "reinstall mnistlab (pip install --force-reinstall mnistlab)",
+}
+
+
 def load_arrays(located: Located, *, check_checksums: bool = True) -> dict[str, np.ndarray]:
-    """The four arrays (uint8), after every check passes; otherwise one DataError with them all."""
+    """The four arrays (uint8), after every check passes; otherwise one DataError with them all:
+    what is wrong with which file, and how to fix it where the files were found."""
     report, arrays = _verify_located(located, checksums=check_checksums)
     if not report.ok:
+        where = {"data-dir": "--data-dir", "env": "MNISTLAB_DATA", "cache": "the cache"}.get(
+            located.source, located.source
+        )
+        if report.other_dataset is not None:
+            raise DataError(report.problems[0])
+        fix = _FIX_BY_SOURCE.get(located.source, "replace it with a good copy")
         raise DataError(
-            f"dataset {located.name!r} in {located.directory} failed verification: "
+            f"dataset {located.name!r} in {located.directory} ({where}) failed verification: "
             + "; ".join(report.problems)
+            + f"; to fix: {fix.format(name=located.name)}"
         )
     return arrays
