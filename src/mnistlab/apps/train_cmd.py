@@ -57,14 +57,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         "--run-dir",
         metavar="DIR",
         help="where this run keeps its config, checkpoints and logs "
-        "(default: runs/<date-time>-<preset>); a folder holding another run is refused "
-        "unless you --resume it or --overwrite it",
-    )
-    p.add_argument(
-        "--overwrite",
-        action="store_true",
-        help="start afresh in a --run-dir that holds another run, deleting its checkpoints, "
-        "metrics, events and config.toml first",
+        "(default: runs/<date-time>-<preset>)",
     )
     add_checkpoint_args(p)
     add_tracking_args(p)
@@ -190,17 +183,13 @@ def _parallel_overrides(args: argparse.Namespace, config: Config) -> Config:
         value = getattr(args, flag, None)
         if value is not None:
             config = set_value(config, key, value)
-    return validate(config)
-
-
-def _check_parallel(config: Config) -> None:
-    """After resume (whose checkpoint may supply the mode): workers need a parallel mode."""
     p = config.parallel
     if p.workers > 1 and p.mode == "none":
         raise ConfigError(
             f"--workers {p.workers} needs a parallel mode: add --parallel data "
             "(or async, tensor, pipeline)"
         )
+    return validate(config)
 
 
 def make_strategy(args: argparse.Namespace, config: Config) -> Any:
@@ -208,6 +197,11 @@ def make_strategy(args: argparse.Namespace, config: Config) -> Any:
     from mnistlab.parallel import make_parallel_strategy
 
     return make_parallel_strategy(config)
+
+
+def new_run_dir(config: Config) -> Path:
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    return Path("runs") / f"{stamp}-{config.preset}"
 
 
 def prepare_run_dir(path: Path, config: Config, is_main: bool) -> Path:
