@@ -26,6 +26,7 @@ COMMANDS = [
     "mnistlab.apps.eval_cmd",
     "mnistlab.apps.predict_cmd",
     "mnistlab.apps.export_cmd",
+    "mnistlab.apps.serve",
 ]
 
 
