@@ -102,3 +102,67 @@ def test_toml_errors(tmp_path):
         load_toml(unknown)
     with pytest.raises(ConfigError, match="does not exist"):
         load_toml(tmp_path / "missing.toml")
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("optim.l2=nan", "optim.l2 must be a finite number; got nan"),
+        ("model.init_std=inf", "model.init_std must be a finite number; got inf"),
+        ("optim.momentum=nan", "optim.momentum must be a finite number; got nan"),
+        ("optim.lr=-inf", "optim.lr must be a finite number"),
+        ("model.bias_init=nan", "model.bias_init must be a finite number"),
+        ("data.validation_size=0", "data.validation_size must be at least 1"),
+        ("data.validation_size=-5", "data.validation_size must be at least 1.*got -5"),
+        ("train.seed=99999999999999999999999", r"train.seed must be between 0 and \d+"),
+        ("train.seed=-1", "train.seed must be between 0"),
+        ("train.threads=100000", "more than the .* CPU cores this process may use"),
+        ("train.steps=-5", "train.steps must be at least 1; got -5"),
+        (
+            "model.hidden=1000000000",
+            "model.hidden=1000000000 makes a mlp model of 795,000,000,010 parameters",
+        ),
+        ("optim.momentum=-0.5", r"optim.momentum must be in \[0, 1\)"),
+    ],
+)
+def test_values_that_cannot_work_are_refused_up_front(override, message):
+    with pytest.raises(ConfigError, match=message):
+        resolve("seed-mlp", None, [override])
+
+
+def test_model_size_check_names_the_memory(monkeypatch):
+    from mnistlab.config import checks
+
+    monkeypatch.setattr(checks, "available_memory", lambda: 10_000_000)  # 10 MB
+    with pytest.raises(ConfigError, match=r"about .* to train .* has 10.0 MB of memory"):
+        resolve("seed-mlp", None, ["model.hidden=2000"])
+    assert resolve("seed-mlp", None, ["model.hidden=100"]).model.hidden == (100,)
+
+
+@pytest.mark.parametrize("preset", list(PRESETS))
+def test_parameter_count_matches_the_built_model(preset):
+    from mnistlab.config import parameter_count
+    from mnistlab.models.build import build_model
+
+    config = preset_config(preset)
+    model = build_model(config.model)
+    assert parameter_count(config.model) == sum(p.numel() for p in model.parameters())
+
+
+def test_threads_up_to_the_usable_cores_are_accepted():
+    from mnistlab.config.checks import usable_cores
+
+    assert resolve("seed-mlp", None, [f"train.threads={usable_cores()}"]).train.threads >= 1
+
+
+def test_explicit_preset_and_a_file_naming_another_are_refused(tmp_path):
+    path = tmp_path / "run.toml"
+    path.write_text('preset = "seed-mlp"\n[train]\nsteps = 50\n')
+    with pytest.raises(ConfigError, match="--preset seed-softmax and the preset 'seed-mlp'"):
+        resolve("seed-softmax", path)
+    assert resolve("seed-mlp", path).train.steps == 50  # the same preset twice is fine
+    assert resolve(None, path).preset == "seed-mlp"
+    bare = tmp_path / "bare.toml"
+    bare.write_text("[train]\nsteps = 70\n")  # a file without a preset takes the flag's
+    c = resolve("seed-softmax", bare)
+    assert c.preset == "seed-softmax" and c.model.name == "softmax" and c.train.steps == 70

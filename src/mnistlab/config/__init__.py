@@ -1,5 +1,6 @@
 """Settings: the typed config tree, presets, TOML and ``--set`` overrides. Standard library only."""
 
+from mnistlab.config.checks import parameter_count, validate
 from mnistlab.config.load import (
     all_keys,
     apply_overrides,
@@ -11,7 +12,6 @@ from mnistlab.config.load import (
     set_value,
     to_dict,
     to_toml,
-    validate,
 )
 from mnistlab.config.presets import PRESETS
 from mnistlab.config.schema import (
@@ -40,6 +40,7 @@ __all__ = [
     "flat_dict",
     "from_dict",
     "load_toml",
+    "parameter_count",
     "preset_config",
     "resolve",
     "set_value",

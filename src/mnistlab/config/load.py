@@ -15,17 +15,9 @@ from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any
 
+from mnistlab.config.checks import validate
 from mnistlab.config.presets import PRESETS
-from mnistlab.config.schema import (
-    INIT_NAMES,
-    LOSS_NAMES,
-    MODEL_NAMES,
-    OPTIMIZER_NAMES,
-    PARALLEL_MODES,
-    SCHEDULES,
-    SECTIONS,
-    Config,
-)
+from mnistlab.config.schema import SECTIONS, Config
 from mnistlab.errors import ConfigError
 
 if sys.version_info >= (3, 11):
@@ -240,17 +232,20 @@ def to_toml(config: Config) -> str:
     return "\n".join(lines) + "\n"
 
 
-def load_toml(path: str | Path, base: Config | None = None) -> Config:
-    path = Path(path)
+def _read_toml(path: Path) -> dict[str, Any]:
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
+        return tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ConfigError(f"config file {path} does not exist") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"cannot read config file {path}: {exc}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path} is not valid TOML: {exc}") from None
-    return from_dict(data, base, where=str(path))
+
+
+def load_toml(path: str | Path, base: Config | None = None) -> Config:
+    path = Path(path)
+    return from_dict(_read_toml(path), base, where=str(path))
 
 
 def preset_config(name: str) -> Config:
@@ -262,77 +257,28 @@ def preset_config(name: str) -> Config:
     return PRESETS[name]()
 
 
-def _choice(value: str, choices: tuple[str, ...], key: str) -> None:
-    if value not in choices:
-        hint = _nearest(value, list(choices))
-        raise ConfigError(f"{key} must be one of {', '.join(choices)}; got {value!r}{hint}")
-
-
-def validate(config: Config) -> Config:
-    """Reject settings that cannot work, with the key and the reason."""
-    m, o, t, p, c = config.model, config.optim, config.train, config.parallel, config.checkpoint
-    _choice(m.name, MODEL_NAMES, "model.name")
-    _choice(m.init, INIT_NAMES, "model.init")
-    _choice(o.name, OPTIMIZER_NAMES, "optim.name")
-    _choice(t.loss, LOSS_NAMES, "train.loss")
-    _choice(p.mode, PARALLEL_MODES, "parallel.mode")
-    _choice(p.schedule, SCHEDULES, "parallel.schedule")
-    positive = {
-        "train.steps": t.steps,
-        "train.batch_size": t.batch_size,
-        "train.eval_every": t.eval_every,
-        "train.log_every": t.log_every,
-        "parallel.workers": p.workers,
-        "parallel.microbatches": p.microbatches,
-        "checkpoint.keep": c.keep,
-    }
-    for key, value in positive.items():
-        if value < 1:
-            raise ConfigError(f"{key} must be at least 1; got {value}")
-    if o.decay_steps is not None and o.decay_steps < 1:
-        raise ConfigError(f"optim.decay_steps must be at least 1; got {o.decay_steps}")
-    if not (o.lr > 0 and math.isfinite(o.lr)):
-        raise ConfigError(f"optim.lr must be a positive number; got {o.lr}")
-    if not 0 < o.lr_decay <= 1:
-        raise ConfigError(f"optim.lr_decay must be in (0, 1]; got {o.lr_decay}")
-    if not 0 <= o.ema_decay < 1:
-        raise ConfigError(
-            f"optim.ema_decay must be in [0, 1) (0 turns the average off); got {o.ema_decay}"
-        )
-    if o.l2 < 0:
-        raise ConfigError(f"optim.l2 must not be negative; got {o.l2}")
-    if not 0 <= m.dropout < 1:
-        raise ConfigError(f"model.dropout must be in [0, 1); got {m.dropout}")
-    if m.init_std <= 0:
-        raise ConfigError(f"model.init_std must be positive; got {m.init_std}")
-    if any(h < 1 for h in m.hidden):
-        raise ConfigError(f"model.hidden sizes must be positive; got {m.hidden}")
-    if m.name == "mlp" and not m.hidden:
-        raise ConfigError("model.hidden must name at least one layer for the MLP (e.g. 500)")
-    if m.name == "lenet" and len(m.hidden) != 1:
-        raise ConfigError(
-            f"model.hidden for lenet is the size of its one dense layer; got {m.hidden}"
-        )
-    if c.every < 0:
-        raise ConfigError(
-            f"checkpoint.every must be 0 (only at the end) or positive; got {c.every}"
-        )
-    if config.tracking.histogram_every < 0:
-        raise ConfigError("tracking.histogram_every must be 0 (off) or positive")
-    if t.threads < 0:
-        raise ConfigError(f"train.threads must be 0 (torch's default) or positive; got {t.threads}")
-    return config
-
-
 def resolve(
     preset: str | None = None,
     config_file: str | Path | None = None,
     overrides: list[str] | None = None,
 ) -> Config:
-    """Preset, then TOML file, then overrides; then ``validate``."""
+    """Preset, then TOML file, then overrides; then ``validate``.
+
+    A preset given explicitly and a different one named in the file are refused rather than one
+    silently winning: the file's settings were written for its own preset.
+    """
     config = preset_config(preset) if preset else None
     if config_file is not None:
-        config = load_toml(config_file, config)
+        path = Path(config_file)
+        data = _read_toml(path)
+        named = data.get("preset")
+        if preset and named is not None and named != preset:
+            raise ConfigError(
+                f"--preset {preset} and the preset {named!r} named in {path} disagree: drop "
+                f"--preset to train {named!r} with the file's settings, or change the file's "
+                f"`preset = ...` line to {preset!r}"
+            )
+        config = from_dict(data, config, where=str(path))
     if config is None:
         config = preset_config("seed-mlp")
     config = apply_overrides(config, list(overrides or []))

@@ -1,0 +1,196 @@
+"""``validate``: reject settings that cannot work, before anything is allocated or started.
+
+Every check names the key, the value and what would work. Some limits depend on the machine (the
+memory a model needs, the CPU cores a process may use); they are read here with the standard
+library, so a 3 TB model or 100,000 threads fail as one line instead of an allocation or a crash.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+import os
+import typing
+from dataclasses import fields
+
+from mnistlab.config.schema import (
+    INIT_NAMES,
+    LOSS_NAMES,
+    MODEL_NAMES,
+    OPTIMIZER_NAMES,
+    PARALLEL_MODES,
+    SCHEDULES,
+    SECTIONS,
+    Config,
+    ModelConfig,
+)
+from mnistlab.errors import ConfigError
+
+SEED_MAX = 2**63 - 1
+"""torch takes a 64-bit seed and the loop derives others from it (seed + 1, ...): stay below."""
+INPUTS = 28 * 28
+"""Every registered dataset's image size (the MNIST family), for the parameter count."""
+
+
+def _choice(value: str, choices: tuple[str, ...], key: str) -> None:
+    if value not in choices:
+        near = difflib.get_close_matches(value, choices, n=1, cutoff=0.4)
+        hint = f"; did you mean {near[0]!r}?" if near else ""
+        raise ConfigError(f"{key} must be one of {', '.join(choices)}; got {value!r}{hint}")
+
+
+def _check_finite(config: Config) -> None:
+    """NaN or infinity in any float setting: named up front, not discovered as a NaN loss."""
+    for section, cls in SECTIONS.items():
+        hints = typing.get_type_hints(cls)
+        for f in fields(cls):
+            if float not in (hints[f.name], *typing.get_args(hints[f.name])):
+                continue
+            value = getattr(getattr(config, section), f.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ConfigError(f"{section}.{f.name} must be a finite number; got {value}")
+
+
+def parameter_count(model: ModelConfig, num_classes: int = 10, inputs: int = INPUTS) -> int:
+    """How many parameters ``models.build_model`` makes for ``model`` (without allocating)."""
+    if model.name == "softmax":
+        return inputs * num_classes + num_classes
+    if model.name == "lenet":
+        fc = model.hidden[0]
+        convs = (5 * 5 * 1 * 32 + 32) + (5 * 5 * 32 * 64 + 64)
+        return convs + (64 * 7 * 7 * fc + fc) + (fc * num_classes + num_classes)
+    total, width = 0, inputs
+    for size in (*model.hidden, num_classes):
+        total += width * size + size
+        width = size
+    return total
+
+
+def available_memory() -> int | None:
+    """Bytes this process may still allocate: MemAvailable, capped by a cgroup limit; None when
+    neither can be read (the size check is then skipped)."""
+    found: list[int] = []
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    found.append(int(line.split()[1]) * 1024)
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        with open("/sys/fs/cgroup/memory.max", encoding="ascii") as f:
+            limit = f.read().strip()
+        with open("/sys/fs/cgroup/memory.current", encoding="ascii") as f:
+            used = int(f.read().strip())
+        if limit != "max":
+            found.append(max(0, int(limit) - used))
+    except (OSError, ValueError):
+        pass
+    return min(found) if found else None
+
+
+def _human(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB", "PB"):
+        if n < 1000 or unit == "PB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
+        n /= 1000
+    return f"{n:.1f} PB"  # pragma: no cover
+
+
+def _check_model_size(config: Config) -> None:
+    """Weights, gradients, the moving average and the optimizer's state are float32 copies of
+    every parameter; refuse a model whose copies cannot fit in the memory this machine has."""
+    m, o = config.model, config.optim
+    params = parameter_count(m)
+    copies = 2 + (o.ema_decay > 0) + {"sgd": 0, "momentum": 1, "adam": 2}.get(o.name, 2)
+    need = params * 4 * copies
+    have = available_memory()
+    if have is not None and need > have:
+        raise ConfigError(
+            f"model.hidden={','.join(map(str, m.hidden))} makes a {m.name} model of {params:,} "
+            f"parameters, about {_human(need)} to train (weights, gradients, average, optimizer "
+            f"state) but this machine has {_human(have)} of memory available: choose smaller "
+            "layers (seed-mlp uses 500)"
+        )
+
+
+def usable_cores() -> int:
+    """CPU cores this process may run on (its affinity mask, which containers and taskset set)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
+
+
+def validate(config: Config) -> Config:
+    """Reject settings that cannot work, with the key and the reason."""
+    m, o, t, p, c = config.model, config.optim, config.train, config.parallel, config.checkpoint
+    _check_finite(config)
+    _choice(m.name, MODEL_NAMES, "model.name")
+    _choice(m.init, INIT_NAMES, "model.init")
+    _choice(o.name, OPTIMIZER_NAMES, "optim.name")
+    _choice(t.loss, LOSS_NAMES, "train.loss")
+    _choice(p.mode, PARALLEL_MODES, "parallel.mode")
+    _choice(p.schedule, SCHEDULES, "parallel.schedule")
+    positive = {
+        "train.steps": t.steps,
+        "train.batch_size": t.batch_size,
+        "train.eval_every": t.eval_every,
+        "train.log_every": t.log_every,
+        "parallel.workers": p.workers,
+        "parallel.microbatches": p.microbatches,
+        "checkpoint.keep": c.keep,
+    }
+    for key, value in positive.items():
+        if value < 1:
+            raise ConfigError(f"{key} must be at least 1; got {value}")
+    if o.decay_steps is not None and o.decay_steps < 1:
+        raise ConfigError(f"optim.decay_steps must be at least 1; got {o.decay_steps}")
+    if not o.lr > 0:
+        raise ConfigError(f"optim.lr must be a positive number; got {o.lr}")
+    if not 0 < o.lr_decay <= 1:
+        raise ConfigError(f"optim.lr_decay must be in (0, 1]; got {o.lr_decay}")
+    if not 0 <= o.ema_decay < 1:
+        raise ConfigError(
+            f"optim.ema_decay must be in [0, 1) (0 turns the average off); got {o.ema_decay}"
+        )
+    if o.l2 < 0:
+        raise ConfigError(f"optim.l2 must not be negative; got {o.l2}")
+    if not 0 <= o.momentum < 1:
+        raise ConfigError(f"optim.momentum must be in [0, 1); got {o.momentum}")
+    if not 0 <= m.dropout < 1:
+        raise ConfigError(f"model.dropout must be in [0, 1); got {m.dropout}")
+    if m.init_std <= 0:
+        raise ConfigError(f"model.init_std must be positive; got {m.init_std}")
+    if any(h < 1 for h in m.hidden):
+        raise ConfigError(f"model.hidden sizes must be positive; got {m.hidden}")
+    if m.name == "mlp" and not m.hidden:
+        raise ConfigError("model.hidden must name at least one layer for the MLP (e.g. 500)")
+    if m.name == "lenet" and len(m.hidden) != 1:
+        raise ConfigError(
+            f"model.hidden for lenet is the size of its one dense layer; got {m.hidden}"
+        )
+    _check_model_size(config)
+    v = config.data.validation_size
+    if v is not None and v < 1:
+        raise ConfigError(
+            f"data.validation_size must be at least 1 (training measures validation accuracy "
+            f"every train.eval_every steps; leave it unset for the dataset's own size); got {v}"
+        )
+    if c.every < 0:
+        raise ConfigError(
+            f"checkpoint.every must be 0 (only at the end) or positive; got {c.every}"
+        )
+    if config.tracking.histogram_every < 0:
+        raise ConfigError("tracking.histogram_every must be 0 (off) or positive")
+    if not 0 <= t.seed <= SEED_MAX:
+        raise ConfigError(f"train.seed must be between 0 and {SEED_MAX} (2**63-1); got {t.seed}")
+    if t.threads < 0:
+        raise ConfigError(f"train.threads must be 0 (torch's default) or positive; got {t.threads}")
+    cores = usable_cores()
+    if t.threads > cores:
+        raise ConfigError(
+            f"train.threads={t.threads} is more than the {cores} CPU cores this process may use: "
+            f"set at most {cores} (or 0 for torch's default)"
+        )
+    return config
