@@ -1,19 +1,23 @@
 """``mnistlab train --resume``: find the checkpoint to continue and the settings to continue with.
 
-The checkpoint's own settings win, so ``--resume DIR`` needs no other flag; what a command line
-sets applies on top only where it cannot change what is computed (``RESUME_SAFE``).
+The checkpoint's own settings win, so ``--resume DIR`` needs no other flag (a parallel run's mode
+and worker count included: ``mnistlab train --resume RUN`` starts the workers again); what a
+command line sets applies on top only where it cannot change what is computed (``RESUME_SAFE``).
+A damaged newest checkpoint of a run folder is skipped for the previous good one, saying so.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
-import sys
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mnistlab.config import Config, set_value, validate
 from mnistlab.errors import CheckpointError, ConfigError
+
+if TYPE_CHECKING:
+    from mnistlab.io.checkpoint import Checkpoint
 
 # Settings a resumed run may change without changing what it computes (docs/model-saving.md).
 RESUME_SAFE = (
@@ -51,10 +55,16 @@ def _explicit_settings(args: argparse.Namespace, config: Config) -> dict[str, An
     return {key: flat[key] for key in keys if key in flat}
 
 
-def _say(text: str) -> None:
-    """One line on stderr from the first process only (every worker of a parallel run resumes)."""
-    if os.environ.get("RANK", "0") == "0":
-        print(f"mnistlab: {text}", file=sys.stderr)
+@dataclass(frozen=True)
+class Resumed:
+    """What ``resume_state`` found: the settings to run with, the state to continue from (``None``
+    for a new run), the run folder it came from, and lines to tell the person (by the caller, on
+    the main process only)."""
+
+    config: Config
+    state: dict[str, Any] | None = None
+    run_dir: Path | None = None
+    notes: list[str] = field(default_factory=list)
 
 
 def _is_safe(key: str) -> bool:
@@ -76,34 +86,60 @@ def _same_run(saved: dict[str, Any], config: Config) -> bool:
     )
 
 
-def _auto_checkpoint(args: argparse.Namespace, config: Config) -> Path | None:
-    """The latest checkpoint of the newest run with the same settings (``--run-dir`` if given)."""
+def _latest_good(run: Path, notes: list[str]) -> Checkpoint | None:
+    """The newest step checkpoint of ``run`` that reads back whole; damaged newer ones are
+    skipped, each said in ``notes``. ``None`` when the run has none."""
+    from mnistlab.io.checkpoint import checkpoint_folder, load_checkpoint, step_checkpoints
+
+    first_error: CheckpointError | None = None
+    for _, path in reversed(step_checkpoints(checkpoint_folder(run))):
+        try:
+            ckpt = load_checkpoint(path)
+        except CheckpointError as exc:
+            first_error = first_error or exc
+            notes.append(f"skipping {path}: {str(exc).split('; use an')[0]}")
+            continue
+        if first_error is not None:
+            notes.append(f"going on from the previous good checkpoint, {path.name}")
+        return ckpt
+    if first_error is not None:
+        raise CheckpointError(f"{first_error} (and no earlier checkpoint of {run} is whole)")
+    return None
+
+
+def _auto_checkpoint(
+    args: argparse.Namespace, config: Config, notes: list[str]
+) -> Checkpoint | None:
+    """The latest good checkpoint of the newest run with the same settings (``--run-dir`` if
+    given)."""
     from mnistlab.io.checkpoint import checkpoint_folder, read_header, step_checkpoints
 
     if args.run_dir:
-        found = step_checkpoints(checkpoint_folder(args.run_dir))
-        return found[-1][1] if found else None
+        return _latest_good(Path(args.run_dir), notes)
     candidates = []
     for run in Path("runs").iterdir() if Path("runs").is_dir() else []:
         found = step_checkpoints(checkpoint_folder(run))
         if found:
-            candidates.append((found[-1][1].stat().st_mtime, found[-1][1]))
-    for _, path in sorted(candidates, reverse=True):
-        try:
-            header, _ = read_header(path)
-        except CheckpointError:
-            continue
-        if isinstance(header.get("config"), dict) and _same_run(header["config"], config):
-            return path
+            candidates.append((max(p.stat().st_mtime for _, p in found), run, found))
+    for _, run, found in sorted(candidates, key=lambda c: c[0], reverse=True):
+        for _, path in reversed(found):  # the newest header that reads says whose run it is
+            try:
+                header, _ = read_header(path)
+            except CheckpointError:
+                continue
+            if isinstance(header.get("config"), dict) and _same_run(header["config"], config):
+                return _latest_good(run, notes)
+            break
     return None
 
 
-def resume_state(args: argparse.Namespace, config: Config) -> tuple[Config, dict[str, Any] | None]:
-    """The state to resume from (and the config it was saved with), or ``None``.
+def resume_state(args: argparse.Namespace, config: Config) -> Resumed:
+    """The state to resume from and the config it was saved with (or ``config`` for a new run).
 
     The checkpoint's own settings win, so ``--resume DIR`` needs no other flag; settings given on
     this command line apply on top only where they cannot change the result (``RESUME_SAFE``, e.g.
-    ``--set train.steps=`` to extend a run). The run goes on in the folder it came from."""
+    ``--set train.steps=`` to extend a run, or another parallel mode). The run goes on in the
+    folder it came from."""
     from mnistlab.config import flat_dict
     from mnistlab.io.checkpoint import load_checkpoint, resolve_checkpoint
 
@@ -112,20 +148,25 @@ def resume_state(args: argparse.Namespace, config: Config) -> tuple[Config, dict
             config = validate(set_value(config, key, getattr(args, flag)))
     spec = getattr(args, "resume", None)
     if not spec:
-        return config, None
+        return Resumed(config)
+    notes: list[str] = []
+    ckpt: Checkpoint | None
     if spec == "auto":
-        path = _auto_checkpoint(args, config)
-        if path is None:
-            _say("--resume auto: no earlier run with these settings; starting a new one")
-            return config, None
+        ckpt = _auto_checkpoint(args, config, notes)
+        if ckpt is None:
+            notes.append("--resume auto: no earlier run with these settings; starting a new one")
+            return Resumed(config, notes=notes)
     else:
         if args.config:
             raise ConfigError(
                 "--config cannot be combined with --resume DIR|FILE: a resumed run "
                 "keeps its checkpoint's settings (change safe ones with --set)"
             )
-        path = resolve_checkpoint(spec)
-    ckpt = load_checkpoint(path)
+        folder = Path(spec)
+        ckpt = _latest_good(folder, notes) if folder.is_dir() else None
+        if ckpt is None:  # a file, RUN:best, or a folder with only best.pt
+            ckpt = load_checkpoint(resolve_checkpoint(spec))
+    path = ckpt.path
     resumed = ckpt.config
     if args.preset and args.preset != resumed.preset and spec != "auto":
         raise ConfigError(
@@ -144,8 +185,6 @@ def resume_state(args: argparse.Namespace, config: Config) -> tuple[Config, dict
             )
         resumed = set_value(resumed, key, value)
     resumed = validate(resumed)
-    if not args.run_dir and ckpt.run_dir is not None:
-        args.run_dir = str(ckpt.run_dir)
     note = (
         ""
         if ckpt.step < resumed.train.steps
@@ -153,5 +192,5 @@ def resume_state(args: argparse.Namespace, config: Config) -> tuple[Config, dict
             f" (it already reached train.steps={resumed.train.steps:,}; add --set train.steps=N to go on)"
         )
     )
-    _say(f"resuming from {path} at step {ckpt.step:,}{note}")
-    return resumed, ckpt.state
+    notes.append(f"resuming from {path} at step {ckpt.step:,}{note}")
+    return Resumed(resumed, ckpt.state, ckpt.run_dir, notes)

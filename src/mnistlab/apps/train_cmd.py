@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
-import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -57,7 +58,14 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         "--run-dir",
         metavar="DIR",
         help="where this run keeps its config, checkpoints and logs "
-        "(default: runs/<date-time>-<preset>)",
+        "(default: runs/<date-time>-<preset>); a folder holding another run is refused "
+        "unless you --resume it or --overwrite it",
+    )
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="start afresh in a --run-dir that holds another run, deleting its checkpoints, "
+        "metrics, events and config.toml first",
     )
     add_checkpoint_args(p)
     add_tracking_args(p)
@@ -183,13 +191,17 @@ def _parallel_overrides(args: argparse.Namespace, config: Config) -> Config:
         value = getattr(args, flag, None)
         if value is not None:
             config = set_value(config, key, value)
+    return validate(config)
+
+
+def _check_parallel(config: Config) -> None:
+    """After resume (whose checkpoint may supply the mode): workers need a parallel mode."""
     p = config.parallel
     if p.workers > 1 and p.mode == "none":
         raise ConfigError(
             f"--workers {p.workers} needs a parallel mode: add --parallel data "
             "(or async, tensor, pipeline)"
         )
-    return validate(config)
 
 
 def make_strategy(args: argparse.Namespace, config: Config) -> Any:
@@ -197,11 +209,6 @@ def make_strategy(args: argparse.Namespace, config: Config) -> Any:
     from mnistlab.parallel import make_parallel_strategy
 
     return make_parallel_strategy(config)
-
-
-def new_run_dir(config: Config) -> Path:
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    return Path("runs") / f"{stamp}-{config.preset}"
 
 
 def prepare_run_dir(path: Path, config: Config, is_main: bool) -> Path:
@@ -232,12 +239,47 @@ def config_from_args(args: argparse.Namespace) -> Config:
     return validate(config)
 
 
+# Settings that count steps: on the sample fallback they are scaled to its size (_fit_to_sample).
+STEP_SETTINGS = (
+    "train.steps",
+    "train.eval_every",
+    "checkpoint.every",
+    "tracking.histogram_every",
+)
+
+
+def _fit_to_sample(config: Config, num_train: int, full_train: int) -> tuple[Config, str]:
+    """The preset's run measured in epochs of full MNIST, as steps on ``num_train`` digits.
+
+    Only settings still at the preset's value are scaled (a step count the person chose stays);
+    the learning-rate decay follows by itself (``decay_steps`` = digits / batch size)."""
+    from mnistlab.config import flat_dict
+
+    preset = flat_dict(PRESETS[config.preset]())
+    ours = flat_dict(config)
+    ratio = num_train / full_train
+    for key in STEP_SETTINGS:
+        value = ours[key]
+        if value == preset.get(key) and value > 0:
+            config = set_value(config, key, max(1, round(value * ratio)))
+    t = config.train
+    epochs = t.steps * t.batch_size / num_train
+    if ours["train.steps"] != preset.get("train.steps"):
+        return config, f"{t.steps:,} steps as set"
+    return config, (
+        f"{t.steps:,} steps: the {epochs:.1f} epochs that {config.preset}'s "
+        f"{ours['train.steps']:,} steps are on full MNIST"
+    )
+
+
 def load_data(config: Config, *, quiet: bool = False) -> tuple[Config, Any]:
     """Load the configured dataset. With ``dataset = auto``, full MNIST when it can be found or
-    downloaded, else the bundled sample, said in one highlighted line."""
+    downloaded, else the bundled sample for as many epochs as the preset means on full MNIST,
+    said in one highlighted line."""
     from mnistlab.apps.data_cmd import download_progress
     from mnistlab.data import load_splits
     from mnistlab.data.locate import DatasetNotFound
+    from mnistlab.data.registry import get_dataset
     from mnistlab.train import resolve_device
 
     d = config.data
@@ -264,41 +306,82 @@ def load_data(config: Config, *, quiet: bool = False) -> tuple[Config, Any]:
     except DatasetNotFound:  # absent; a corrupt or mislabelled copy is an error, never swapped
         if d.data_dir:
             raise
-        how = "could not be downloaded" if d.download else "downloads are off"
+        data = load_splits("mnist-sample", validation_size=d.validation_size, device=device)
+        held_out = d.validation_size
+        if held_out is None:
+            held_out = get_dataset("mnist").validation_size
+        config, how_long = _fit_to_sample(config, len(data.train), MNIST_TRAIN - held_out)
+        why = "could not be downloaded" if d.download else "downloads are off"
         highlight = "\033[1;33m" if sys.stderr.isatty() else ""
         reset = "\033[0m" if highlight else ""
         print(
-            f"{highlight}mnistlab: full MNIST is not on this machine and {how}: training on the "
-            "bundled mnist-sample (4,000 digits) instead. For full MNIST: "
+            f"{highlight}mnistlab: full MNIST is not on this machine and {why}: training on "
+            f"the bundled mnist-sample ({len(data.train):,} train / {len(data.validation):,} "
+            f"validation / {len(data.test):,} test digits) for {how_long}. For full MNIST: "
             "`mnistlab data download mnist`, or --data-dir DIR with its four files "
             f"(`mnistlab train --dataset mnist` shows where it looked).{reset}",
             file=sys.stderr,
         )
-        data = load_splits("mnist-sample", validation_size=d.validation_size, device=device)
     return set_value(config, "data.dataset", data.name), data
 
 
+MNIST_TRAIN = 60_000  # full MNIST's training file, validation split included
+
+
 def run_train(args: argparse.Namespace) -> int:
+    from mnistlab.apps import run_folder
+    from mnistlab.parallel.launch import check_group, launch, wants_launch
+
+    if args.overwrite and args.resume:
+        raise ConfigError("--overwrite starts the run afresh and --resume continues it: pick one")
+    resumed = resume_state(args, _parallel_overrides(args, config_from_args(args)))
+    config = resumed.config
+    _check_parallel(config)
+    run_dir = Path(args.run_dir) if args.run_dir else resumed.run_dir
+    resuming = resumed.state is not None
+    if wants_launch(config.parallel.mode):  # start the workers, each re-running this command
+        extra = check_group(config, config.parallel.workers)
+        if run_dir is None:  # one name for every worker, chosen once
+            run_dir = run_folder.new_run_dir(config.preset)
+            extra += ["--run-dir", str(run_dir)]
+        run_folder.check_free(run_dir, resuming=resuming, overwrite=args.overwrite)
+        return launch([*sys.argv[1:], *extra], config.parallel.workers, config.parallel.mode)
+    with _recorded_for_launcher():
+        return _train_here(args, resumed, run_dir)
+
+
+def _train_here(args: argparse.Namespace, resumed: Any, run_dir: Path | None) -> int:
+    """Train in this process: alone, or as one worker of a group."""
+    from mnistlab.apps import run_folder
     from mnistlab.io.console import ConsoleCallback, summary_table
-    from mnistlab.parallel.launch import launch, wants_launch
     from mnistlab.train import train
 
-    config = _parallel_overrides(args, config_from_args(args))
-    if wants_launch(config.parallel.mode):  # start the workers, each re-running this command
-        return launch(sys.argv[1:], config.parallel.workers, config.parallel.mode)
-    config, state = resume_state(args, config)
+    config = resumed.config
     strategy = make_strategy(args, config)
     is_main = strategy is None or strategy.is_main
-    config, data = load_data(config, quiet=args.quiet or not is_main)
-    run_dir = prepare_run_dir(
-        Path(args.run_dir) if args.run_dir else new_run_dir(config), config, is_main
+    if strategy is not None:  # what the group really is, so a resume can start it again
+        config = set_value(config, "parallel.workers", int(getattr(strategy, "world_size", 1)))
+    if is_main:
+        for note in resumed.notes:
+            print(f"mnistlab: {note}", file=sys.stderr)
+    run_dir = run_dir or run_folder.new_run_dir(config.preset)
+    resuming = resumed.state is not None
+    claim = (
+        run_folder.claim(run_dir, resuming=resuming, overwrite=args.overwrite)
+        if is_main
+        else contextlib.nullcontext()
     )
-    if strategy is not None:  # async workers each run a share of the updates
-        config = strategy.worker_config(config, len(data.train))
-    callbacks = [ConsoleCallback(quiet=args.quiet)]
-    callbacks += checkpoint_callbacks(args, config, run_dir)
-    callbacks += tracking_callbacks(args, config, run_dir)
-    result = train(config, data, strategy=strategy, callbacks=callbacks, resume_state=state)
+    with claim:
+        config, data = load_data(config, quiet=args.quiet or not is_main)
+        prepare_run_dir(run_dir, config, is_main)
+        if strategy is not None:  # async workers each run a share of the updates
+            config = strategy.worker_config(config, len(data.train))
+        callbacks = [ConsoleCallback(quiet=args.quiet)]
+        callbacks += checkpoint_callbacks(args, config, run_dir)
+        callbacks += tracking_callbacks(args, config, run_dir)
+        result = train(
+            config, data, strategy=strategy, callbacks=callbacks, resume_state=resumed.state
+        )
     if not is_main:
         return 0
     summary = result.summary() | {"run_dir": str(run_dir)}
@@ -307,3 +390,16 @@ def run_train(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(summary))
     return 0
+
+
+@contextlib.contextmanager
+def _recorded_for_launcher() -> Iterator[None]:
+    """In a torchrun worker, write why it failed to torchelastic's error file for this worker
+    (``TORCHELASTIC_ERROR_FILE``), which the launcher reads instead of parsing logs."""
+    from mnistlab.parallel.launch import record_failure
+
+    try:
+        yield
+    except BaseException as exc:
+        record_failure(exc)
+        raise

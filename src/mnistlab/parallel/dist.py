@@ -58,6 +58,15 @@ def _seconds(name: str, default: float) -> float:
     return value
 
 
+def gpu_shortfall(device: str, workers: int) -> int | None:
+    """The number of GPUs when ``device`` would put ``workers`` local ranks on CUDA and there are
+    fewer GPUs than that (two ranks on one GPU fail inside NCCL); ``None`` when all is well."""
+    if device == "cpu" or workers <= 1 or not torch.cuda.is_available():
+        return None
+    count = torch.cuda.device_count()
+    return count if count < workers else None
+
+
 @dataclass(frozen=True)
 class GroupInfo:
     rank: int
@@ -75,7 +84,8 @@ def init_group(device: str = "auto") -> GroupInfo:
     """Join (or reuse) the default process group described by torchrun's environment.
 
     ``device`` is ``train.device``: ``auto`` takes this process's GPU (``LOCAL_RANK``) when CUDA is
-    available, else the CPU. Backend: NCCL for CUDA, gloo for the CPU.
+    available and there is one for every local rank, else the CPU (saying so once). Backend: NCCL
+    for CUDA, gloo for the CPU.
     """
     global _OWNED
     env = os.environ
@@ -87,11 +97,27 @@ def init_group(device: str = "auto") -> GroupInfo:
             "MODE --workers N`, or `torchrun --nproc-per-node N -m mnistlab train --parallel MODE`"
         )
     local_rank = int(env.get("LOCAL_RANK", "0"))
+    local_world = int(env.get("LOCAL_WORLD_SIZE", "1"))
     use_cuda = (device in ("auto", "cuda") and torch.cuda.is_available()) or device.startswith(
         "cuda:"
     )
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise ParallelError("train.device asks for CUDA but torch sees no CUDA device")
+    shortfall = gpu_shortfall(device, local_world) if use_cuda else None
+    if shortfall is not None:
+        if device != "auto":
+            raise ParallelError(
+                f"{local_world} workers on this machine with train.device={device} need "
+                f"{local_world} GPUs (one each) and it has {shortfall}: start {shortfall} "
+                "per machine (--nproc-per-node), or add --device cpu to train on the CPU (gloo)"
+            )
+        if local_rank == 0:
+            print(
+                f"mnistlab: {local_world} workers on this machine but {shortfall} GPU(s) (one "
+                "each is needed): training on the CPU with gloo instead",
+                file=sys.stderr,
+            )
+        use_cuda = False
     if use_cuda:
         torch.cuda.set_device(local_rank % torch.cuda.device_count())
         place = torch.device("cuda", torch.cuda.current_device())
@@ -198,12 +224,18 @@ class Watchdog:
             time.sleep(min(1.0, self.seconds / 4))
             deadline = self._deadline
             if deadline is not None and time.monotonic() > deadline:
-                sys.stderr.write(
-                    f"mnistlab: error: rank {self.rank}: {self._what} did not finish within "
+                message = (
+                    f"rank {self.rank}: {self._what} did not finish within "
                     f"{self.seconds:g} s (a peer stalled or a send/receive hung); stopping this "
-                    f"worker so the group ends (raise {STEP_TIMEOUT_ENV} if steps are that slow)\n"
+                    f"worker so the group ends (raise {STEP_TIMEOUT_ENV} if steps are that slow)"
                 )
+                sys.stderr.write(f"mnistlab: error: {message}\n")
                 sys.stderr.flush()
+                error_file = os.environ.get("TORCHELASTIC_ERROR_FILE")
+                if error_file:
+                    from mnistlab.parallel.launch import write_error_file
+
+                    write_error_file(error_file, message)
                 os._exit(HANG_EXIT_CODE)
 
 

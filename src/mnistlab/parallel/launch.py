@@ -9,9 +9,15 @@ torchrun's environment, joins the group instead of launching again. These two li
     torchrun --standalone --nproc-per-node 2 -m mnistlab train --parallel data
 
 Only the main worker's output reaches the console; every worker's output is kept in a log folder.
-When a worker fails, the others are stopped within seconds and one message names the worker and
-its cause, read from that worker's own error line rather than from a neighbour's
+What can be checked before any worker starts is checked here, once (``check_group``: the batch
+split, the pipeline's micro-batches and stages, enough GPUs), so a bad setting is one line, not a
+failed group. When a worker fails, the others are stopped within seconds and one message names the
+worker and its cause, read from that worker's own error line rather than from a neighbour's
 "connection closed" that merely followed it.
+
+Ctrl-C (SIGINT) or SIGTERM to the launcher is passed on to the workers once; they stop at a step,
+save, and the launcher exits 130 or 143 like one process. A second signal while they save is
+ignored (the engine kills workers that take longer than its shutdown timeout, 30 s).
 """
 
 from __future__ import annotations
@@ -21,12 +27,19 @@ import logging
 import os
 import re
 import shutil
+import signal
+import sys
 import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from types import FrameType
+from typing import TYPE_CHECKING
 
-from mnistlab.errors import ParallelError
-from mnistlab.parallel.dist import HANG_EXIT_CODE, under_torchrun
+from mnistlab.errors import ConfigError, ParallelError
+from mnistlab.parallel.dist import HANG_EXIT_CODE, gpu_shortfall, under_torchrun
+
+if TYPE_CHECKING:
+    from mnistlab.config import Config
 
 # Lines that say a worker failed *because a peer had already gone*, not why the group failed.
 _KNOCK_ON = re.compile(
@@ -46,14 +59,71 @@ def main_local_rank(mode: str, workers: int) -> int:
     return workers - 1 if mode == "pipeline" else 0
 
 
-def launch(argv: Sequence[str], workers: int, mode: str, *, log_dir: str | None = None) -> int:
-    """Run ``mnistlab <argv>`` in ``workers`` local processes; 0 when all of them succeed.
+def check_group(config: Config, workers: int) -> list[str]:
+    """What a group of ``workers`` would fail on, said once before any of them starts.
 
-    ``argv`` is this process's own command line after the program name (``sys.argv[1:]``).
+    Returns the extra command-line arguments the workers need (``--device cpu`` when the GPUs are
+    fewer than the workers and ``train.device`` is ``auto``). The strategies check the same things
+    again in each worker, for runs started by ``torchrun`` itself.
+    """
+    from mnistlab.parallel.data_parallel import check_divisible
+
+    p, t = config.parallel, config.train
+    if workers < 1:
+        raise ConfigError(f"--workers must be at least 1; got {workers}")
+    if p.mode == "data":
+        check_divisible(t.batch_size, workers, "shards across workers", "--workers")
+    if p.mode == "pipeline":
+        check_divisible(t.batch_size, p.microbatches, "micro-batches", "--microbatches")
+        stages = _stage_names(config)
+        if stages is not None and workers > len(stages):
+            raise ParallelError(
+                f"a pipeline of {workers} stages needs a model with at least {workers} stages; "
+                f"this {config.model.name} has {len(stages)} ({', '.join(stages)}): use "
+                f"--workers {len(stages)} or fewer"
+            )
+    shortfall = gpu_shortfall(t.device, workers)
+    if shortfall is None:
+        return []
+    if t.device != "auto":
+        raise ParallelError(
+            f"--workers {workers} with train.device={t.device} needs {workers} GPUs (one per "
+            f"worker) and this machine has {shortfall}: use --workers {shortfall}, or --device "
+            "cpu to train on the CPU (gloo)"
+        )
+    print(
+        f"mnistlab: {workers} workers but {shortfall} GPU{'s' if shortfall != 1 else ''} "
+        f"here (one each is needed): training on the CPU with gloo instead (--workers "
+        f"{shortfall} would use the GPU{'s' if shortfall != 1 else ''})",
+        file=sys.stderr,
+    )
+    return ["--device", "cpu"]
+
+
+def _stage_names(config: Config) -> list[str] | None:
+    """The model's stages, built on the meta device (no memory); ``None`` if that fails."""
+    import torch
+
+    from mnistlab.models import build_model
+
+    try:
+        with torch.device("meta"):
+            return build_model(config.model, seed=config.train.seed).stage_names
+    except Exception:  # the workers will say what is wrong with the model
+        return None
+
+
+def launch(argv: Sequence[str], workers: int, mode: str, *, log_dir: str | None = None) -> int:
+    """Run ``mnistlab <argv>`` in ``workers`` local processes; 0 when all of them succeed, 130 or
+    143 when Ctrl-C or SIGTERM stopped them (after they saved).
+
+    ``argv`` is this process's own command line after the program name (``sys.argv[1:]``) plus
+    whatever the workers need on top (it may lack ``--parallel`` when a resumed run's checkpoint
+    supplies the mode).
     """
     argv = list(argv)
     if "train" not in argv or not any(
-        a == "--parallel" or a.startswith("--parallel=") for a in argv
+        a == flag or a.startswith(flag + "=") for a in argv for flag in ("--parallel", "--resume")
     ):
         raise ParallelError(
             "--workers re-runs the mnistlab command line, which is not available here (was "
@@ -73,6 +143,9 @@ def launch(argv: Sequence[str], workers: int, mode: str, *, log_dir: str | None 
     # The main worker's lines reach the console as they are (no "[default0]:" prefix, so
     # --json still ends with a JSON line): the prefix template is the role, and the role is empty.
     os.environ.setdefault("TORCHELASTIC_LOG_LINE_PREFIX_TEMPLATE", "${role_name}")
+    # Ctrl-C and SIGTERM are ours (_stop_once), not the engine's: its handler raises again on a
+    # second signal, in the middle of its shutdown, and orphans workers that are still saving.
+    os.environ["PET_SIGNALS_TO_HANDLE"] = "SIGHUP,SIGQUIT"
     args = torchrun.parse_args(
         [
             "--standalone",
@@ -88,13 +161,11 @@ def launch(argv: Sequence[str], workers: int, mode: str, *, log_dir: str | None 
         ]
     )
     try:
-        with _quiet_torchrun():
+        with _quiet_torchrun(), _stop_once(SignalException):
             torchrun.run(args)
-    except SignalException as exc:  # Ctrl-C or SIGTERM: the workers stop at a step and save
-        raise ParallelError(
-            f"the workers were stopped by signal {exc.sigval.name}; a run with "
-            "checkpoints goes on with --resume RUN_DIR"
-        ) from None
+    except SignalException as exc:  # Ctrl-C or SIGTERM: the engine passed it on; workers saved
+        # The main worker has said where it stopped and how to go on; nothing to add.
+        return 128 + int(exc.sigval)
     except ChildFailedError as exc:
         rank, message = root_cause(exc, logs)
         raise ParallelError(
@@ -104,6 +175,32 @@ def launch(argv: Sequence[str], workers: int, mode: str, *, log_dir: str | None 
     if own_logs:
         shutil.rmtree(logs, ignore_errors=True)
     return 0
+
+
+@contextlib.contextmanager
+def _stop_once(exception: type[BaseException]) -> Iterator[None]:
+    """The first SIGINT / SIGTERM raises the engine's ``SignalException`` (it then sends the same
+    signal to every worker and waits for them); later ones are ignored, so the workers' save is
+    not cut short and no worker is left behind. After a stop they stay ignored until exit."""
+    stopping: list[signal.Signals] = []
+
+    def handler(signum: int, _frame: FrameType | None) -> None:
+        if stopping:
+            return
+        stopping.append(signal.Signals(signum))
+        raise exception(f"got signal {stopping[0].name}", sigval=stopping[0])  # type: ignore[call-arg]
+
+    watched = (signal.SIGINT, signal.SIGTERM)
+    try:
+        previous = {s: signal.signal(s, handler) for s in watched}
+    except ValueError:  # not the main thread: the engine's own handling applies
+        yield
+        return
+    try:
+        yield
+    finally:
+        for s, old in previous.items():
+            signal.signal(s, signal.SIG_IGN if stopping else old)
 
 
 @contextlib.contextmanager
@@ -118,26 +215,68 @@ def _quiet_torchrun() -> Iterator[None]:
         logger.setLevel(level)
 
 
+def record_failure(exc: BaseException) -> None:
+    """In a torchrun worker, write why it is failing to torchelastic's error file for it
+    (``TORCHELASTIC_ERROR_FILE``, the file ``errors.record`` writes), for ``root_cause``. A stop
+    the person asked for (Ctrl-C, SIGTERM) is not a failure and writes nothing."""
+    path = os.environ.get("TORCHELASTIC_ERROR_FILE")
+    code = getattr(exc, "exit_code", None)
+    if not path or not isinstance(exc, Exception) or code in (130, 143):
+        return
+    from mnistlab.errors import MnistlabError
+
+    text = str(exc).strip()
+    message = text if isinstance(exc, MnistlabError) else f"{type(exc).__name__}: {text}"
+    write_error_file(path, message.splitlines()[0] if message else type(exc).__name__)
+
+
+def write_error_file(path: str, message: str) -> None:
+    """torchelastic's error-file format, plus the time to the microsecond (its own is whole
+    seconds, too coarse to tell which of two workers failed first)."""
+    import json
+    import time
+    import traceback
+
+    now = time.time()
+    data = {
+        "message": {
+            "message": message,
+            "extraInfo": {"py_callstack": traceback.format_exc(), "timestamp": str(int(now))},
+        },
+        "mnistlab": {"message": message, "time": now},
+    }
+    with contextlib.suppress(OSError):
+        Path(path).write_text(json.dumps(data), encoding="utf-8")
+
+
 def root_cause(exc: BaseException, logs: Path) -> tuple[int, str]:
-    """The failed worker that started it, and its reason in one line."""
+    """The failed worker that started it, and its reason in one line.
+
+    A worker's reason comes from its error file (``record_failure``) when mnistlab wrote one,
+    else from its log (a failure before mnistlab's code ran). Of the workers that failed on their
+    own (not killed, not a broken connection that merely followed a peer), the earliest wins."""
     failures = getattr(exc, "failures", {}) or {}
-    found: list[tuple[int, int, str, bool]] = []  # (rank, exit code, reason, knock-on)
+    found: list[tuple[bool, float, int, str]] = []  # (knock-on, time, rank, reason)
     for rank, failure in sorted(failures.items()):
         code = int(getattr(failure, "exitcode", 1))
-        reason = _reason_from_log(logs, int(getattr(failure, "local_rank", rank)))
+        data = getattr(failure, "error_file_data", None)
+        ours = data.get("mnistlab") if isinstance(data, dict) else None
+        if isinstance(ours, dict) and ours.get("message"):
+            reason, when = str(ours["message"]), float(ours.get("time", 0.0))
+        else:
+            reason = _reason_from_log(logs, int(getattr(failure, "local_rank", rank)))
+            when = float(getattr(failure, "timestamp", 0) or 0)
         if code < 0:
             reason = reason or f"killed by signal {-code}"
         elif code == HANG_EXIT_CODE and not reason:
             reason = "stalled in a collective"
         reason = reason or f"exit status {code}"
         knock_on = code < 0 or bool(_KNOCK_ON.search(reason))
-        found.append((rank, code, reason, knock_on))
+        found.append((knock_on, when, rank, reason))
     if not found:
         return -1, str(exc).strip().splitlines()[0] if str(exc).strip() else "unknown failure"
-    for rank, _code, reason, knock_on in found:  # the first worker that failed on its own
-        if not knock_on:
-            return rank, reason
-    rank, _code, reason, _ = found[0]
+    own = sorted(f for f in found if not f[0])
+    _, _, rank, reason = own[0] if own else found[0]
     return rank, reason
 
 
