@@ -205,14 +205,21 @@ def _stop_once(exception: type[BaseException]) -> Iterator[None]:
 
 @contextlib.contextmanager
 def _quiet_torchrun() -> Iterator[None]:
-    """torchrun logs every start and stop; we print one line of our own when it matters."""
-    logger = logging.getLogger("torch.distributed")
-    level = logger.level
-    logger.setLevel(logging.CRITICAL)
+    """torchrun logs every start and stop; we print one line of our own when it matters. Its
+    loggers carry levels of their own (``LOGLEVEL``), so each is quieted, not just the parent."""
+    loggers = [logging.getLogger("torch.distributed")] + [
+        logger
+        for name, logger in logging.root.manager.loggerDict.items()
+        if name.startswith("torch.distributed.") and isinstance(logger, logging.Logger)
+    ]
+    levels = [(logger, logger.level) for logger in loggers]
+    for logger, _ in levels:
+        logger.setLevel(logging.CRITICAL)
     try:
         yield
     finally:
-        logger.setLevel(level)
+        for logger, level in levels:
+            logger.setLevel(level)
 
 
 def record_failure(exc: BaseException) -> None:

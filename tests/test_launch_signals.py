@@ -1,0 +1,113 @@
+"""Ctrl-C and SIGTERM to `mnistlab train --workers N`: the workers save, the launcher exits like one
+process would (130, 143), and nothing is left running. Real workers (gloo on the CPU), slow."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+import mnistlab
+from mnistlab.io.checkpoint import step_checkpoints
+
+pytestmark = pytest.mark.dist
+
+SRC = str(Path(mnistlab.__file__).resolve().parents[1])
+
+
+def env() -> dict[str, str]:
+    return os.environ | {
+        "OMP_NUM_THREADS": "1",
+        "MNISTLAB_DIST_TIMEOUT": "60",
+        "MNISTLAB_STEP_TIMEOUT": "60",
+        "PYTHONUNBUFFERED": "1",
+        "PYTHONPATH": f"{SRC}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
+    }
+
+
+def logged_steps(run: Path) -> int:
+    try:
+        lines = (run / "metrics.jsonl").read_text().splitlines()
+    except OSError:
+        return 0
+    return sum(1 for ln in lines if ln.strip().endswith("}"))
+
+
+def session_alive(pid: int, wait: float) -> bool:
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            os.killpg(pid, 0)
+        except ProcessLookupError:
+            return False
+        if time.monotonic() > deadline:
+            return True
+        time.sleep(0.2)
+
+
+@pytest.mark.timeout(240)
+@pytest.mark.parametrize(("sig", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_a_signal_to_the_launcher_lets_the_workers_save(tmp_path, sig, code):
+    run = tmp_path / "run"
+    cmd = [
+        sys.executable,
+        "-m",
+        "mnistlab",
+        "train",
+        "--dataset",
+        "mnist-sample",
+        "--parallel",
+        "data",
+        "--workers",
+        "2",
+        "--quiet",
+        "--run-dir",
+        str(run),
+        "--checkpoint-every",
+        "0",
+        "--set",
+        "train.steps=1000000",
+        "--set",
+        "train.log_every=10",
+        "--set",
+        "train.threads=1",
+    ]
+    proc = subprocess.Popen(
+        cmd, env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        start_new_session=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 150
+        while logged_steps(run) < 2:  # the workers are training
+            assert proc.poll() is None, proc.communicate()[1][-3000:]
+            assert time.monotonic() < deadline, "training did not start"
+            time.sleep(0.1)
+        os.kill(proc.pid, sig)  # the launcher alone, as a terminal or a scheduler would
+        _, err = proc.communicate(timeout=90)
+        assert proc.returncode == code, err[-3000:]
+        assert "training stopped at step" in err and f"--resume {run}" in err
+        assert "death signal" not in err  # torchrun's own logging stays quiet
+        if sig == signal.SIGINT:  # SIGTERM too once apps/cli.py treats 143 as a requested stop
+            assert "mnistlab: error:" not in err, err[-3000:]
+        saved = step_checkpoints(run / "checkpoints")
+        assert saved, "no checkpoint was saved on the way out"
+        last = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])
+        assert saved[-1][0] >= last.get("step", 0)
+        # the workers are gone (they ran in sessions of their own)
+        assert not [p for p in Path("/proc").glob("[0-9]*") if _runs_in(p, run)]
+    finally:
+        if proc.poll() is None or session_alive(proc.pid, 0):
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
+def _runs_in(proc: Path, run: Path) -> bool:
+    try:
+        return str(run) in (proc / "cmdline").read_bytes().decode(errors="replace")
+    except OSError:
+        return False
