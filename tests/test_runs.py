@@ -2,7 +2,7 @@
 starts, the sample fallback's length, damaged checkpoints under --resume auto, worker failures.
 
 All in one process (the launcher is replaced where a test only needs to see what it would start);
-the few tests that start real workers are in ``test_launch_signals.py``.
+the few tests that start real workers are in ``test_launch.py``.
 """
 
 from __future__ import annotations

@@ -1,5 +1,6 @@
-"""Ctrl-C and SIGTERM to `mnistlab train --workers N`: the workers save, the launcher exits like one
-process would (130, 143), and nothing is left running. Real workers (gloo on the CPU), slow."""
+"""`mnistlab train --workers N` with real workers (gloo on the CPU; slow): Ctrl-C and SIGTERM let
+the workers save and exit like one process would (130, 143) with nothing left running, and a
+parallel run resumes with `--resume RUN` alone."""
 
 from __future__ import annotations
 
@@ -111,3 +112,27 @@ def _runs_in(proc: Path, run: Path) -> bool:
         return str(run) in (proc / "cmdline").read_bytes().decode(errors="replace")
     except OSError:
         return False
+
+
+@pytest.mark.timeout(240)
+def test_a_parallel_run_resumes_without_its_flags(tmp_path):
+    from mnistlab.io.checkpoint import load_checkpoint
+
+    run = tmp_path / "run"
+    common = ["--quiet", "--json", "--no-tensorboard", "--set", "train.threads=1"]
+
+    def mnistlab(*args: str) -> subprocess.CompletedProcess[str]:
+        cmd = [sys.executable, "-m", "mnistlab", "train", *args, *common]
+        return subprocess.run(cmd, env=env(), capture_output=True, text=True, timeout=150)
+
+    first = mnistlab(
+        "--dataset", "mnist-sample", "--parallel", "data", "--workers", "2", "--run-dir",
+        str(run), "--set", "train.steps=40", "--set", "train.eval_every=20",
+    )  # fmt: skip
+    assert first.returncode == 0, first.stderr[-3000:]
+    again = mnistlab("--resume", str(run), "--set", "train.steps=60")
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert again.stderr.count("resuming from") == 1
+    assert json.loads(again.stdout.strip().splitlines()[-1])["steps"] == 60
+    parallel = load_checkpoint(step_checkpoints(run / "checkpoints")[-1][1]).config.parallel
+    assert (parallel.mode, parallel.workers) == ("data", 2)
