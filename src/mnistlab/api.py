@@ -82,7 +82,10 @@ def decode_image(data: bytes, *, max_pixels: int = SERVE_MAX_PIXELS) -> np.ndarr
     except DataError:
         raise
     except Image.DecompressionBombError:
-        raise DataError("refused: the image claims so many pixels it could be a bomb") from None
+        raise DataError(
+            f"image too large: it claims far more than {max_pixels:,} pixels (a decompression "
+            "bomb?); scale it down first"
+        ) from None
     except UnidentifiedImageError:
         raise DataError("not an image (send a PNG or JPEG)") from None
     except (OSError, SyntaxError, ValueError, EOFError) as exc:

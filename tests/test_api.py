@@ -1,0 +1,150 @@
+"""The Python API (``mnistlab.train``, ``mnistlab.load``), and the README and notebook that show it:
+every Python block of the README and every code cell of docs/api.ipynb runs here, as written."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import mnistlab
+from mnistlab.errors import ConfigError, DataError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("api") / "run"
+    result = mnistlab.train(
+        "seed-softmax", steps=300, dataset="mnist-sample", device="cpu", run_dir=folder
+    )
+    return result, folder
+
+
+def test_train_returns_model_history_and_figure(trained):
+    result, folder = trained
+    assert result.test_accuracy is not None and result.test_accuracy > 0.85
+    assert result.config.train.steps == 300 and result.config.preset == "seed-softmax"
+    assert result.run_dir == folder and (folder / "checkpoints").is_dir()
+    steps = [r["step"] for r in result.history if "loss" in r]
+    assert steps and steps[-1] == 300
+    assert any("validation_accuracy" in r for r in result.history)
+    fig = result.figure()
+    assert len(fig.axes) == 3 and "test accuracy" in fig._suptitle.get_text()
+    assert "seed-softmax" in result._repr_html_()
+
+
+def test_load_reads_what_train_trained(trained, sample_splits):
+    result, folder = trained
+    model = mnistlab.load(folder)
+    assert model.info["steps"] == 300 and model.info["dataset"] == "mnist-sample"
+    assert model.info["test_accuracy"] == pytest.approx(result.test_accuracy)
+    assert "seed-softmax" in repr(model) and model.class_names == [str(i) for i in range(10)]
+    digits = sample_splits.test.images[:200]
+    loaded = model.probabilities(digits.reshape(-1, 28, 28).numpy())
+    fresh = result.model.probabilities(digits.numpy())  # N x 784 works too
+    np.testing.assert_allclose(loaded, fresh, atol=1e-5)
+    assert loaded.shape == (200, 10)
+    np.testing.assert_allclose(loaded.sum(axis=1), 1.0, atol=1e-5)
+    accuracy = (loaded.argmax(1) == sample_splits.test.labels[:200].numpy()).mean()
+    assert accuracy == pytest.approx(result.test_accuracy, abs=0.08)
+
+
+def test_predict_takes_arrays_images_paths_and_tensors(trained, sample_splits, tmp_path):
+    from PIL import Image
+
+    model = trained[0].model
+    digit = sample_splits.test.images[0].reshape(28, 28)
+    label = int(sample_splits.test.labels[0])
+    as_uint8 = (digit.numpy() * 255).astype(np.uint8)
+    # the same digit as dark ink on a larger sheet of light paper, as a PIL image and a file
+    paper = Image.fromarray(255 - as_uint8).resize((112, 112), Image.Resampling.BILINEAR)
+    paper.save(tmp_path / "digit.png")
+    for item in (digit, digit.numpy(), as_uint8, paper, tmp_path / "digit.png"):
+        p = model.predict(item)
+        assert p.label == label, type(item)
+        assert p.class_name == str(label) and p.image.shape == (28, 28)
+        assert p.probabilities.sum() == pytest.approx(1.0, abs=1e-5)
+    several = model.predict([digit.numpy(), str(tmp_path / "digit.png")])
+    assert [p.label for p in several] == [label, label]
+    assert len(model.predict(sample_splits.test.images[:5].reshape(5, 28, 28))) == 5
+    assert model.predict(digit.numpy()).as_dict()["label"] == label
+
+
+def test_bad_inputs_and_settings_are_clear_errors(trained, tmp_path):
+    model = trained[0].model
+    with pytest.raises(DataError, match="shape"):
+        model.predict(np.zeros((3, 4, 5, 6)))
+    with pytest.raises(DataError, match="NaN"):
+        model.predict(np.full((28, 28), np.nan))
+    with pytest.raises(DataError, match="no such file"):
+        model.predict(tmp_path / "missing.png")
+    with pytest.raises(DataError, match="no digit"):
+        model.predict(np.zeros((50, 50)))
+    with pytest.raises(ConfigError, match="train.steps"):
+        mnistlab.train("seed-mlp", stepz=10)
+    with pytest.raises(ConfigError, match="ambiguous"):
+        mnistlab.train("seed-mlp", name="mlp")
+    with pytest.raises(ConfigError, match="torchrun|--parallel"):
+        mnistlab.train("seed-mlp", mode="data")
+
+
+def test_train_is_still_the_subpackage_too():
+    import mnistlab.train.loop
+    from mnistlab.train import train as loop_train
+
+    assert callable(mnistlab.train)
+    assert mnistlab.train.loop.train is loop_train
+    assert mnistlab.train.train is loop_train
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")
+def test_train_and_predict_on_cuda(sample_splits):
+    result = mnistlab.train("seed-softmax", steps=200, dataset="mnist-sample", device="cuda")
+    assert result.model.device.type == "cuda"
+    assert result.test_accuracy > 0.85
+    probs = result.model.probabilities(sample_splits.test.images[:50].numpy())  # CPU input
+    assert probs.shape == (50, 10)
+
+
+# -- the README and the notebook run as written ----------------------------------------------------
+def _run(blocks: list[str], where: str) -> dict:
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    namespace: dict = {"__name__": "__main__"}
+    for number, code in enumerate(blocks, start=1):
+        exec(compile(code, f"{where} block {number}", "exec"), namespace)
+    return namespace
+
+
+def test_readme_python_blocks_run(tmp_path, monkeypatch):
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    blocks = re.findall(r"^```python\n(.*?)^```", text, flags=re.S | re.M)
+    assert len(blocks) >= 2, "the README's Python API section has lost its examples"
+    monkeypatch.chdir(tmp_path)
+    namespace = _run(blocks, "README.md")
+    assert namespace["result"].test_accuracy > 0.9
+    assert namespace["p"].label == 7
+    assert (tmp_path / "curves.png").stat().st_size > 10_000
+
+
+def test_notebook_runs(tmp_path, monkeypatch):
+    path = ROOT / "docs" / "api.ipynb"
+    notebook = json.loads(path.read_text(encoding="utf-8"))
+    try:
+        import nbformat
+
+        nbformat.validate(nbformat.reads(json.dumps(notebook), as_version=4))
+    except ImportError:
+        pass
+    cells = ["".join(c["source"]) for c in notebook["cells"] if c["cell_type"] == "code"]
+    assert len(cells) >= 4
+    monkeypatch.chdir(tmp_path)
+    namespace = _run(cells, "docs/api.ipynb")
+    assert namespace["accuracy"] > 0.9

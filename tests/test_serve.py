@@ -1,0 +1,376 @@
+"""``mnistlab serve``: the JSON endpoint under bad requests, Ctrl-C, and the page in a real browser.
+
+The browser test drives Debian's headless ``chromium`` through Selenium and ``chromium-driver``
+(``apt-get install chromium chromium-driver``; ``.ci/run`` installs them). It draws MNIST test
+digits on the canvas with the mouse, stroke by stroke: each digit's ink is thinned to a one-pixel
+skeleton and the skeleton walked into pen strokes, so the expected label is known.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import signal
+import struct
+import subprocess
+import sys
+import time
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip(
+    "starlette", reason='mnistlab serve needs its extra: pip install "mnistlab[serve]"'
+)
+pytest.importorskip(
+    "uvicorn", reason='mnistlab serve needs its extra: pip install "mnistlab[serve]"'
+)
+httpx = pytest.importorskip("httpx", reason="the tests talk to the server with httpx")
+
+ROOT = Path(__file__).resolve().parents[1]
+SCREENSHOT = ROOT / "docs" / "serve.png"
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+CHROMEDRIVER = shutil.which("chromedriver")
+
+
+# -- a small model and a running server ------------------------------------------------------------
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory) -> Path:
+    """A seed-mlp trained for 800 steps on the bundled sample (~93% test accuracy; seconds)."""
+    import mnistlab
+
+    folder = tmp_path_factory.mktemp("serve") / "run"
+    mnistlab.train("seed-mlp", steps=800, dataset="mnist-sample", device="cpu", run_dir=folder)
+    return folder
+
+
+class Server:
+    def __init__(self, *args: str):
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "mnistlab", "serve", *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        self.lines: list[str] = []
+        deadline = time.monotonic() + 60
+        assert self.proc.stdout is not None
+        while time.monotonic() < deadline:
+            line = self.proc.stdout.readline()
+            if not line:
+                break
+            self.lines.append(line)
+            if "open http://" in line:
+                self.url = line.split("open ")[1].split()[0].rstrip("/")
+                return
+        self.proc.kill()
+        raise AssertionError(f"the server did not start: {self.lines} {self.proc.stderr.read()}")
+
+    def stop(self) -> tuple[int, str, str]:
+        self.proc.send_signal(signal.SIGINT)
+        out, err = self.proc.communicate(timeout=20)
+        return self.proc.returncode, "".join(self.lines) + out, err
+
+
+@pytest.fixture(scope="module")
+def server(run_dir):
+    s = Server(str(run_dir), "--port", "0")
+    yield s
+    if s.proc.poll() is None:
+        s.stop()
+
+
+def _png(size: tuple[int, int] = (60, 60), digit: bool = True) -> bytes:
+    from PIL import Image, ImageDraw
+
+    img = Image.new("L", size, 255)
+    if digit:
+        ImageDraw.Draw(img).line([(30, 10), (30, 50)], fill=0, width=6)  # a "1"
+    buffer = io.BytesIO()
+    img.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _claiming(png: bytes, width: int, height: int) -> bytes:
+    """``png`` with its header rewritten to claim ``width`` x ``height`` pixels (a bomb's trick)."""
+    ihdr = bytearray(png[12:29])  # b"IHDR" + 13 bytes of fields
+    ihdr[4:12] = struct.pack(">II", width, height)
+    crc = struct.pack(">I", zlib.crc32(bytes(ihdr)) & 0xFFFFFFFF)
+    return png[:12] + bytes(ihdr) + crc + png[33:]
+
+
+# -- the JSON endpoint -----------------------------------------------------------------------------
+def test_predict_endpoint_answers_png_and_json(server, sample_splits):
+    with httpx.Client(base_url=server.url, timeout=30) as client:
+        info = client.get("/api/info").json()
+        assert info["preset"] == "seed-mlp" and info["dataset"] == "mnist-sample"
+        assert info["steps"] == 800 and info["test_accuracy"] > 0.85
+        assert info["class_names"] == [str(i) for i in range(10)]
+
+        r = client.post("/api/predict", content=_png(), headers={"content-type": "image/png"})
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert body["label"] == 1 and body["class"] == "1"
+        assert abs(sum(body["probabilities"]) - 1.0) < 1e-4
+        assert np.asarray(body["image"]).shape == (28, 28)
+
+        images = sample_splits.test.images[:20].reshape(-1, 28, 28).numpy()
+        labels = sample_splits.test.labels[:20].tolist()
+        right = 0
+        for image, label in zip(images, labels, strict=True):
+            r = client.post("/api/predict", json={"image": image.tolist()})
+            assert r.status_code == 200, r.text
+            right += r.json()["label"] == label
+        assert right >= 17
+
+        page = client.get("/")
+        assert page.status_code == 200 and "<canvas" in page.text
+        assert "http" not in page.text.replace("http://", "").split("<body")[0]  # no CDN
+        assert client.get("/static/serve.js").status_code == 200
+
+
+BAD_REQUESTS = [
+    ("empty body", b"", "image/png", 400, "empty"),
+    ("not an image", b"hello, this is text" * 10, "image/png", 400, "not an image"),
+    ("truncated PNG", _png()[:60], "image/png", 400, "damaged"),
+    ("huge dimensions", _claiming(_png(), 30_000, 30_000), "image/png", 413, "too large"),
+    ("wrong content type", _png(), "text/plain", 415, "content type"),
+    ("no content type", _png(), "", 415, "content type"),
+    ("10 MB body", b"\x89PNG" + bytes(10 * 1024 * 1024), "image/png", 413, "too large"),
+    ("blank image", _png(digit=False), "image/png", 422, "no digit"),
+    ("bad JSON", b"{not json", "application/json", 400, "JSON"),
+    ("JSON of the wrong shape", b'{"image": [[1, 2], [3, 4]]}', "application/json", 400, "28x28"),
+    ("JSON of strings", b'{"image": "abc"}', "application/json", 400, "28x28"),
+]
+
+
+def test_bad_requests_get_a_4xx_and_the_server_keeps_answering(server):
+    with httpx.Client(base_url=server.url, timeout=30) as client:
+        for name, body, kind, status, words in BAD_REQUESTS:
+            headers = {"content-type": kind} if kind else {}
+            r = client.post("/api/predict", content=body, headers=headers)
+            assert r.status_code == status, f"{name}: {r.status_code} {r.text[:200]}"
+            assert words.lower() in r.json()["error"].lower(), f"{name}: {r.json()}"
+            assert client.get("/api/info").status_code == 200, f"the server died after {name}"
+
+        # A body sent in chunks (no Content-Length) is counted as it arrives.
+        def chunks():
+            for _ in range(12):
+                yield bytes(1024 * 1024)
+
+        r = client.post("/api/predict", content=chunks(), headers={"content-type": "image/png"})
+        assert r.status_code == 413 and "too large" in r.json()["error"]
+
+        r = client.get("/api/predict")
+        assert r.status_code == 405 and "POST" in r.json()["error"]
+        assert client.get("/nowhere").status_code == 404
+
+        r = client.post("/api/predict", content=_png(), headers={"content-type": "image/png"})
+        assert r.status_code == 200 and r.json()["label"] == 1
+    assert server.proc.poll() is None
+
+
+def test_ctrl_c_stops_cleanly_and_open_host_warns(run_dir):
+    s = Server(str(run_dir), "--port", "0", "--host", "0.0.0.0")
+    assert httpx.get(s.url + "/api/info", timeout=10).status_code == 200
+    code, out, err = s.stop()
+    assert code == 0, err
+    assert "server stopped" in out
+    assert "Traceback" not in err
+    assert "warning" in err and "0.0.0.0" in err
+
+
+def test_taken_port_and_missing_extra_are_one_line(run_dir, server, monkeypatch, capsys):
+    from mnistlab.apps.cli import main
+
+    port = server.url.rsplit(":", 1)[1]
+    assert main(["serve", str(run_dir), "--port", port]) != 0
+    assert "--port" in capsys.readouterr().err
+
+    monkeypatch.setitem(sys.modules, "uvicorn", None)
+    assert main(["serve", str(run_dir)]) != 0
+    assert 'pip install "mnistlab[serve]"' in capsys.readouterr().err
+
+
+# -- strokes from MNIST digits ---------------------------------------------------------------------
+def thin(ink: np.ndarray) -> np.ndarray:
+    """Zhang-Suen thinning: the one-pixel-wide skeleton of a boolean image."""
+    img = np.pad(ink.astype(np.uint8), 1)
+    changed = True
+    while changed:
+        changed = False
+        for phase in (0, 1):
+            p = [np.roll(np.roll(img, -dy, 0), -dx, 1) for dy, dx in _RING]
+            n = sum(p)
+            transitions = sum(((p[i] == 0) & (p[(i + 1) % 8] == 1)) for i in range(8))
+            p2, p4, p6, p8 = p[0], p[2], p[4], p[6]
+            if phase == 0:
+                c = (p2 * p4 * p6 == 0) & (p4 * p6 * p8 == 0)
+            else:
+                c = (p2 * p4 * p8 == 0) & (p2 * p6 * p8 == 0)
+            remove = (img == 1) & (n >= 2) & (n <= 6) & (transitions == 1) & c
+            if remove.any():
+                img[remove] = 0
+                changed = True
+    return img[1:-1, 1:-1].astype(bool)
+
+
+# Neighbours clockwise from north (P2..P9 in Zhang and Suen's paper), as (dy, dx).
+_RING = [(-1, 0), (-1, 1), (0, 1), (1, 1), (1, 0), (1, -1), (0, -1), (-1, -1)]
+
+
+def strokes(digit: np.ndarray, threshold: float = 0.4) -> list[list[tuple[int, int]]]:
+    """Pen strokes ((x, y) pixel paths) along the skeleton of a 28x28 digit: start at the ends,
+    follow unvisited neighbours (straight ones first), begin a new stroke at a branch."""
+    skeleton = thin(digit > threshold)
+    todo = {(int(y), int(x)) for y, x in zip(*np.nonzero(skeleton), strict=True)}
+    visited: set[tuple[int, int]] = set()
+    order = [(-1, 0), (0, 1), (1, 0), (0, -1), (-1, 1), (1, 1), (1, -1), (-1, -1)]
+
+    def neighbours(p: tuple[int, int]) -> list[tuple[int, int]]:
+        return [(p[0] + dy, p[1] + dx) for dy, dx in order if (p[0] + dy, p[1] + dx) in todo]
+
+    paths = []
+    while todo - visited:
+        left = todo - visited
+        ends = [p for p in left if len(neighbours(p)) == 1]
+        start = min(ends or left)
+        path = [start]
+        joined = [q for q in neighbours(start) if q in visited]
+        if joined:  # a branch: start where it leaves the stroke already drawn
+            path.insert(0, joined[0])
+        visited.add(start)
+        current = start
+        while True:
+            nxt = [q for q in neighbours(current) if q not in visited]
+            if not nxt:
+                break
+            current = nxt[0]
+            visited.add(current)
+            path.append(current)
+        paths.append([(x, y) for y, x in path])
+    return paths
+
+
+def test_strokes_cover_the_digit(sample_splits):
+    digit = sample_splits.test.images[0].reshape(28, 28).numpy()
+    paths = strokes(digit)
+    assert paths and sum(len(p) for p in paths) >= 10
+    skeleton = thin(digit > 0.4)
+    assert skeleton.sum() < (digit > 0.4).sum() / 2  # thinner than the ink
+    covered = {p for path in paths for p in path}
+    assert covered == {(int(x), int(y)) for y, x in zip(*np.nonzero(skeleton), strict=True)}
+
+
+# -- the page in headless Chromium -----------------------------------------------------------------
+@pytest.fixture(scope="module")
+def browser():
+    if CHROMIUM is None or CHROMEDRIVER is None:
+        pytest.skip(
+            "headless Chromium is not installed (apt-get install chromium chromium-driver); "
+            ".ci/run installs it"
+        )
+    webdriver = pytest.importorskip("selenium.webdriver", reason="pip install selenium")
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-dev-shm-usage",
+        "--disable-gpu",
+        "--window-size=1100,760",
+        "--force-device-scale-factor=1",
+    ):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(options=options, service=Service(executable_path=CHROMEDRIVER))
+    driver.set_page_load_timeout(30)
+    yield driver
+    driver.quit()
+
+
+def _draw(driver, canvas, paths: list[list[tuple[int, int]]]) -> None:
+    """Draw ``paths`` (28x28 pixel coordinates) on the canvas with real mouse events."""
+    from selenium.webdriver.common.action_chains import ActionChains
+
+    size = canvas.size["width"]
+    scale = size / 28
+
+    def offset(p: tuple[int, int]) -> tuple[int, int]:  # Selenium offsets from the centre
+        return round((p[0] + 0.5) * scale - size / 2), round((p[1] + 0.5) * scale - size / 2)
+
+    actions = ActionChains(driver, duration=5)
+    for path in paths:
+        actions.move_to_element_with_offset(canvas, *offset(path[0])).click_and_hold()
+        for p in path[1:]:
+            actions.move_to_element_with_offset(canvas, *offset(p))
+        actions.release()
+    actions.perform()
+
+
+def _wait_for_reading(driver) -> dict:
+    """The page's reading once it answers the latest drawing."""
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    script = """
+      const el = document.getElementById('prediction');
+      if (el.dataset.version !== String(window.mnistlab.version())) return null;
+      const bars = [...document.querySelectorAll('#bars li')];
+      return {label: el.dataset.label, shown: document.getElementById('digit').textContent,
+              p: bars.map(b => Number(b.dataset.p)),
+              pct: bars.map(b => b.querySelector('.pct').textContent),
+              message: document.getElementById('message').textContent};
+    """
+    return WebDriverWait(driver, 15, poll_frequency=0.05).until(lambda d: d.execute_script(script))
+
+
+def test_page_reads_digits_drawn_in_chromium(browser, server, sample_splits, tmp_path):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    browser.get(server.url + "/")
+    WebDriverWait(browser, 15).until(
+        lambda d: "seed-mlp" in d.find_element(By.ID, "model-info").text
+    )
+    assert "test accuracy" in browser.find_element(By.ID, "model-info").text
+    canvas = browser.find_element(By.ID, "canvas")
+    clear = browser.find_element(By.ID, "clear")
+    images = sample_splits.test.images[:24].reshape(-1, 28, 28).numpy()
+    labels = sample_splits.test.labels[:24].tolist()
+    right, wrong = 0, []
+    for index, (image, label) in enumerate(zip(images, labels, strict=True)):
+        clear.click()
+        _draw(browser, canvas, strokes(image))
+        reading = _wait_for_reading(browser)
+        assert not reading["message"], reading["message"]
+        assert reading["shown"] == reading["label"]
+        assert abs(sum(reading["p"]) - 1.0) < 1e-3  # the bars sum to 100%
+        assert abs(sum(float(t.rstrip("%")) for t in reading["pct"]) - 100.0) < 1.0
+        if int(reading["label"]) == label:
+            right += 1
+        else:
+            wrong.append((index, label, reading["label"]))
+        if index == 1:  # a 3, for the README
+            time.sleep(0.3)  # the bars' short transition
+            browser.save_screenshot(str(tmp_path / "serve.png"))
+            if os.environ.get("MNISTLAB_UPDATE_SCREENSHOT"):
+                browser.save_screenshot(str(SCREENSHOT))
+    print(f"the page read {right} of {len(labels)} drawn digits right; wrong: {wrong}")
+    assert right >= 0.75 * len(labels), f"read {right} of {len(labels)}; wrong: {wrong}"
+
+    clear.click()
+    cleared = _wait_for_reading(browser)
+    assert cleared["label"] is None and cleared["shown"] == "–"
+    assert all(t == "0.0%" for t in cleared["pct"])
+    inked = browser.execute_script(
+        "const c = document.getElementById('canvas');"
+        "const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;"
+        "let n = 0; for (let i = 0; i < d.length; i += 4) if (d[i] < 128) n++; return n;"
+    )
+    assert inked == 0
