@@ -8,6 +8,7 @@ skeleton and the skeleton walked into pen strokes, so the expected label is know
 
 from __future__ import annotations
 
+import base64
 import io
 import os
 import shutil
@@ -197,6 +198,31 @@ def test_taken_port_and_missing_extra_are_one_line(run_dir, server, monkeypatch,
     assert 'pip install "mnistlab[serve]"' in capsys.readouterr().err
 
 
+def test_fashion_models_show_their_class_names():
+    import asyncio
+
+    from mnistlab.api import Model
+    from mnistlab.apps.serve import create_app
+    from mnistlab.config import resolve, set_value
+    from mnistlab.models import build_model
+
+    config = set_value(resolve("seed-softmax"), "data.dataset", "fashion-mnist")
+    info = {"preset": "seed-softmax", "dataset": "fashion-mnist", "steps": 0, "num_classes": 10}
+    model = Model(build_model(config.model, num_classes=10, seed=1), config, info)
+
+    async def ask() -> tuple[list[str], dict]:
+        transport = httpx.ASGITransport(app=create_app(model))
+        async with httpx.AsyncClient(transport=transport, base_url="http://page") as client:
+            names = (await client.get("/api/info")).json()["class_names"]
+            headers = {"content-type": "image/png"}
+            reply = await client.post("/api/predict", content=_png(), headers=headers)
+            return names, reply.json()
+
+    names, reply = asyncio.run(ask())
+    assert names[0] == "T-shirt/top" and len(names) == 10
+    assert reply["class"] in names and reply["classes"] == names
+
+
 # -- strokes from MNIST digits ---------------------------------------------------------------------
 def thin(ink: np.ndarray) -> np.ndarray:
     """Zhang-Suen thinning: the one-pixel-wide skeleton of a boolean image."""
@@ -363,6 +389,26 @@ def test_page_reads_digits_drawn_in_chromium(browser, server, sample_splits, tmp
                 browser.save_screenshot(str(SCREENSHOT))
     print(f"the page read {right} of {len(labels)} drawn digits right; wrong: {wrong}")
     assert right >= 0.75 * len(labels), f"read {right} of {len(labels)}; wrong: {wrong}"
+
+    # A file dropped on the canvas goes through the same path (dark ink on light paper, 4x size).
+    from PIL import Image
+
+    index = 2
+    digit = (255 - images[index] * 255).astype(np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(digit).resize((112, 112)).save(buffer, format="PNG")
+    browser.execute_script(
+        """
+        const bytes = Uint8Array.from(atob(arguments[0]), (c) => c.charCodeAt(0));
+        const drop = new DataTransfer();
+        drop.items.add(new File([bytes], "digit.png", {type: "image/png"}));
+        document.getElementById("canvas").dispatchEvent(
+            new DragEvent("drop", {dataTransfer: drop, bubbles: true, cancelable: true}));
+        """,
+        base64.b64encode(buffer.getvalue()).decode(),
+    )
+    dropped = _wait_for_reading(browser)
+    assert not dropped["message"] and int(dropped["label"]) == labels[index]
 
     clear.click()
     cleared = _wait_for_reading(browser)
