@@ -158,6 +158,7 @@ def launched(monkeypatch):
 
     monkeypatch.setattr(launch, "launch", fake)
     monkeypatch.setattr(sys, "argv", ["mnistlab"])  # what launch() re-runs is our argv
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # same on GPU machines
     return calls
 
 
