@@ -56,7 +56,7 @@ def worker(args: argparse.Namespace) -> None:
 
     from mnistlab.config import resolve
     from mnistlab.data import load_splits
-    from mnistlab.io.callbacks import Callback
+    from mnistlab.io.callbacks import Callback, Wants
     from mnistlab.parallel import make_parallel_strategy
     from mnistlab.train import train
 
@@ -68,7 +68,11 @@ def worker(args: argparse.Namespace) -> None:
             self.prof: Any = None
             self.comm_share = 0.0
 
-        def on_step(self, run: Any) -> None:
+        def wants(self, run: Any) -> Wants:
+            # Make the window's first and last steps boundaries the hooks see.
+            return Wants(histogram_every=self.end - self.start)
+
+        def on_boundary(self, run: Any, steps_done: int) -> None:
             if run.step == self.start:
                 self.prof = profile(activities=[ProfilerActivity.CPU])
                 self.prof.__enter__()
@@ -99,7 +103,8 @@ def worker(args: argparse.Namespace) -> None:
     strategy = make_parallel_strategy(config)
     if strategy is not None:
         config = strategy.worker_config(config, len(data.train))
-    window = Window(max(1, config.train.steps // 4), max(1, min(200, config.train.steps // 4)))
+    length = max(1, min(200, config.train.steps // 4))
+    window = Window(length, length)
     result = train(config, data, strategy=strategy, callbacks=[window])
     if strategy is None or strategy.is_main:
         total_steps = args.steps  # async: all workers' updates together

@@ -51,16 +51,19 @@ class Timed(Callback):
         getattr(self.inner, hook)(*args)
         self.seconds[hook] += time.perf_counter() - began
 
+    def wants(self, run: Any) -> Any:
+        return self.inner.wants(run)
+
     def on_start(self, run: Any) -> None:
         self._call("on_start", run)
 
-    def on_step(self, run: Any) -> None:
-        self._call("on_step", run)
+    def on_boundary(self, run: Any, steps_done: int) -> None:
+        self._call("on_boundary", run, steps_done)
 
-    def on_log(self, run: Any, record: dict[str, Any]) -> None:
+    def on_log(self, run: Any, record: Any) -> None:
         self._call("on_log", run, record)
 
-    def on_eval(self, run: Any, record: dict[str, Any]) -> None:
+    def on_eval(self, run: Any, record: Any) -> None:
         self._call("on_eval", run, record)
 
     def on_end(self, run: Any, result: Any) -> None:
@@ -127,7 +130,7 @@ def main() -> None:
             in_run.append((hooks + strategy.raw_seconds) / base)
             writing.append(hooks / base)
             parts["raw-weight validation"].append(strategy.raw_seconds / args.steps)
-            for hook in ("on_log", "on_eval", "on_step"):
+            for hook in ("on_log", "on_eval", "on_boundary"):
                 parts[hook].append(timed.seconds[hook] / args.steps)
     p, w = statistics.median(plain), statistics.median(tracked)
     print(f"seed-mlp, {args.steps} steps of {t.batch_size}, {args.repeats} interleaved repeats:")

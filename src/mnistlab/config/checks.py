@@ -21,6 +21,7 @@ from mnistlab.config.schema import (
     PARALLEL_MODES,
     SCHEDULES,
     SECTIONS,
+    SWITCHES,
     Config,
     ModelConfig,
 )
@@ -130,6 +131,8 @@ def validate(config: Config) -> Config:
     _choice(m.init, INIT_NAMES, "model.init")
     _choice(o.name, OPTIMIZER_NAMES, "optim.name")
     _choice(t.loss, LOSS_NAMES, "train.loss")
+    _choice(t.compile, SWITCHES, "train.compile")
+    _choice(t.cuda_graphs, SWITCHES, "train.cuda_graphs")
     _choice(p.mode, PARALLEL_MODES, "parallel.mode")
     _choice(p.schedule, SCHEDULES, "parallel.schedule")
     positive = {

@@ -13,6 +13,7 @@ MODEL_NAMES = ("softmax", "mlp", "lenet")
 INIT_NAMES = ("normal", "truncated_normal", "zeros")
 OPTIMIZER_NAMES = ("sgd", "momentum", "adam")
 LOSS_NAMES = ("stable", "naive")
+SWITCHES = ("auto", "on", "off")
 PARALLEL_MODES = ("none", "data", "async", "tensor", "pipeline")
 SCHEDULES = ("gpipe", "1f1b")
 
@@ -69,7 +70,14 @@ class TrainConfig:
     """``stable``: mean cross-entropy from log-softmax. ``naive``: the original programs'
     ``-sum(y * log(softmax))`` over the batch, which can reach NaN; training then stops loudly."""
     threads: int = 0
-    """CPU threads for torch; 0 keeps torch's default."""
+    """CPU threads for torch; 0 keeps torch's default (at most the cores this process may use)."""
+    fused: bool = True
+    """Softmax and MLP with SGD in one process: the step's gradient written out by hand into
+    buffers made once (the same kernels autograd calls); false steps through autograd."""
+    compile: str = "auto"
+    """``torch.compile`` the fused step: auto (on CUDA), on, off."""
+    cuda_graphs: str = "auto"
+    """Capture the fused step as CUDA graphs replayed between boundaries: auto (on CUDA), off."""
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,7 @@ training images are the validation split. Everything lives in memory on the chos
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +28,13 @@ class Split:
     def __len__(self) -> int:
         return int(self.labels.shape[0])
 
+    def to(self, device: torch.device | str) -> Split:
+        """This split on ``device`` (itself when it is already there)."""
+        device = torch.device(device)
+        if self.images.device == device and self.labels.device == device:
+            return self
+        return Split(self.images.to(device), self.labels.to(device))
+
 
 @dataclass(frozen=True)
 class Splits:
@@ -38,6 +46,13 @@ class Splits:
     train: Split
     validation: Split
     test: Split
+
+    def to(self, device: torch.device | str) -> Splits:
+        """The same dataset with its three splits on ``device`` (itself when already there)."""
+        moved = {k: getattr(self, k).to(device) for k in ("train", "validation", "test")}
+        if all(moved[k] is getattr(self, k) for k in moved):
+            return self
+        return dataclasses.replace(self, **moved)
 
     def split(self, name: str) -> Split:
         if name not in ("train", "validation", "test"):

@@ -38,7 +38,7 @@ import torch
 from mnistlab import __version__
 from mnistlab.config import Config, from_dict
 from mnistlab.errors import CheckpointError, ConfigError
-from mnistlab.io.callbacks import Callback
+from mnistlab.io.callbacks import Callback, RunView, Wants
 from mnistlab.models import StagedModel, build_model
 
 MAGIC = b"MNISTLAB-CHECKPOINT\n"
@@ -333,8 +333,8 @@ class CheckpointCallback(Callback):
     """Save every ``every`` steps and at the end (keeping the last ``keep``), ``best.pt`` at each
     new best validation accuracy, and the current step on Ctrl-C / SIGTERM.
 
-    ``run.state_dict()`` is collective under the parallel modes, so every rank calls it at the
-    same steps and only the main rank writes.
+    The loop consolidates the state (collective under the parallel modes) at the boundaries this
+    callback asks for in ``wants`` and hands it over on the main rank; this callback only writes.
     """
 
     def __init__(
@@ -346,47 +346,38 @@ class CheckpointCallback(Callback):
         self.keep = keep
         self.stream = stream
         self.last_saved: Path | None = None
-        self.last_step: int | None = None
 
-    def _say(self, run: Any, text: str) -> None:
+    def _say(self, run: RunView, text: str) -> None:
         if run.is_main:
             print(f"mnistlab: {text}", file=self.stream or sys.stderr, flush=True)
 
-    def on_start(self, run: Any) -> None:
+    def wants(self, run: RunView) -> Wants:
+        return Wants(checkpoints=True, checkpoint_every=self.every)
+
+    def on_start(self, run: RunView) -> None:
         if run.is_main and self.folder.is_dir():  # temp files of a save that was killed
             for stale in self.folder.glob(".*.tmp"):
                 with contextlib.suppress(OSError):
                     stale.unlink()
 
-    def on_step(self, run: Any) -> None:
-        t = run.config.train
-        periodic = run.step == t.steps or (self.every > 0 and run.step % self.every == 0)
-        evaluated = run.step % t.eval_every == 0 or run.step == t.steps
-        # Only the main rank evaluates; all ranks must agree before the collective state_dict.
-        new_best = evaluated and bool(
-            run.strategy.broadcast_object(
-                run.best_step == run.step and run.best_validation_accuracy is not None
-            )
-        )
-        if periodic or new_best:
-            self.save(run, periodic=periodic, best=new_best)
+    def on_checkpoint(
+        self, run: RunView, state: dict[str, Any], *, periodic: bool, best: bool
+    ) -> None:
+        self.save(run, state, periodic=periodic, best=best)
 
-    def on_interrupt(self, run: Any) -> None:
-        path = self.last_saved if self.last_step == run.step else self.save(run, periodic=True)
-        if path is not None:
+    def on_interrupt(self, run: RunView) -> None:
+        if self.last_saved is not None and run.is_main:
             run.resume_hint = (
-                f"checkpoint {path}; continue with: mnistlab train --resume {self.run_dir}"
+                f"checkpoint {self.last_saved}; continue with: mnistlab train --resume "
+                f"{self.run_dir}"
             )
 
-    def on_failure(self, run: Any, error: BaseException) -> None:
+    def on_failure(self, run: RunView, error: BaseException) -> None:
         """Nothing to write: the checkpoints on disk are from before the failure and stay."""
 
-    def save(self, run: Any, *, periodic: bool, best: bool = False) -> Path | None:
-        state = run.state_dict()  # collective: every rank, same step
-        if periodic:
-            self.last_step = run.step  # on every rank, so on_interrupt decides alike everywhere
-        if not run.is_main:
-            return None
+    def save(
+        self, run: RunView, state: dict[str, Any], *, periodic: bool, best: bool = False
+    ) -> Path | None:
         if not (
             _all_finite(state["model"])
             and (state.get("ema") is None or _all_finite(state["ema"]["shadows"]))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from typing import Any, TextIO
 
-from mnistlab.io.callbacks import Callback
+from mnistlab.io.callbacks import Callback, EvalRecord, LogRecord, ResultView, RunView
 from mnistlab.io.progress import Progress
 
 
@@ -21,7 +21,7 @@ class ConsoleCallback(Callback):
         self.stream = stream if stream is not None else sys.stderr
         self.progress: Progress | None = None
 
-    def on_start(self, run: Any) -> None:
+    def on_start(self, run: RunView) -> None:
         if not run.is_main or self.quiet:
             return
         t = run.config.train
@@ -33,22 +33,22 @@ class ConsoleCallback(Callback):
             f"of {t.batch_size}" + (f", resuming at step {run.step:,}" if run.step else "")
         )
 
-    def on_step(self, run: Any) -> None:
+    def on_boundary(self, run: RunView, steps_done: int) -> None:
         if self.progress is not None:
-            self.progress.update(1)
+            self.progress.update(steps_done)
 
-    def on_log(self, run: Any, record: dict[str, Any]) -> None:
+    def on_log(self, run: RunView, record: LogRecord) -> None:
         if self.progress is not None:
-            self.progress.postfix = f"loss {record['loss']:.4f}  lr {record['lr']:.4g}"
+            self.progress.postfix = f"loss {record.loss:.4f}  lr {record.lr:.4g}"
 
-    def on_eval(self, run: Any, record: dict[str, Any]) -> None:
+    def on_eval(self, run: RunView, record: EvalRecord) -> None:
         if self.progress is None:
             return
-        kind = "EMA" if run.ema is not None else "raw"
-        raw = record.get("validation_accuracy_raw")
-        extra = f" (raw {percent(raw)})" if raw is not None and run.ema is not None else ""
+        kind = "EMA" if run.uses_ema else "raw"
+        raw = record.validation_accuracy_raw
+        extra = f" (raw {percent(raw)})" if raw is not None and run.uses_ema else ""
         self.progress.write(
-            f"step {record['step']:>6,}  validation accuracy {percent(record['validation_accuracy'])} "
+            f"step {record.step:>6,}  validation accuracy {percent(record.validation_accuracy)} "
             f"({kind}){extra}  loss {run.last_loss:.4f}  lr {run.lr:.5f}"
         )
 
@@ -57,13 +57,13 @@ class ConsoleCallback(Callback):
             self.progress.close()
             self.progress = None
 
-    def on_end(self, run: Any, result: Any) -> None:
+    def on_end(self, run: RunView, result: ResultView) -> None:
         self._close()
 
-    def on_interrupt(self, run: Any) -> None:
+    def on_interrupt(self, run: RunView) -> None:
         self._close()
 
-    def on_failure(self, run: Any, error: BaseException) -> None:
+    def on_failure(self, run: RunView, error: BaseException) -> None:
         self._close()
 
 

@@ -37,7 +37,14 @@ import torch
 
 from mnistlab.config import flat_dict
 from mnistlab.errors import TrackingError
-from mnistlab.io.callbacks import Callback
+from mnistlab.io.callbacks import (
+    Callback,
+    EvalRecord,
+    LogRecord,
+    ResultView,
+    RunView,
+    Wants,
+)
 from mnistlab.io.plots import METRICS_FILE
 from mnistlab.models import build_model
 
@@ -155,8 +162,9 @@ def hparam_values(config: Any) -> dict[str, bool | int | float | str]:
 class TrackingCallback(Callback):
     """Writes TensorBoard events and ``metrics.jsonl`` into ``run_dir``.
 
-    Collective work (predictions for batch accuracy and the misclassified grid) runs on every rank
-    in the same order; only the main rank writes. ``tensorboard`` / ``jsonl`` / ``histogram_every``
+    What it draws beyond the records (batch accuracy, raw-weight validation, the misclassified
+    digits) it asks the loop for in ``wants``; the loop computes it on every rank and this
+    callback only writes, on the main rank. ``tensorboard`` / ``jsonl`` / ``histogram_every``
     default to the run's ``[tracking]`` settings.
     """
 
@@ -183,14 +191,24 @@ class TrackingCallback(Callback):
         self._last_log: tuple[int, float] | None = None
 
     # -- set-up ----------------------------------------------------------------------------------
-    def on_start(self, run: Any) -> None:
+    def _settings(self, run: RunView) -> tuple[bool, bool, int]:
         cfg = run.config.tracking
-        self.tensorboard = cfg.tensorboard if self._tb_flag is None else self._tb_flag
-        self.jsonl = cfg.jsonl if self._jsonl_flag is None else self._jsonl_flag
+        tensorboard = cfg.tensorboard if self._tb_flag is None else self._tb_flag
+        jsonl = cfg.jsonl if self._jsonl_flag is None else self._jsonl_flag
         every = cfg.histogram_every if self._hist_flag is None else self._hist_flag
-        self.histogram_every = every if self.tensorboard else 0
-        if self.tensorboard:
-            run.want_raw_eval = True  # on every rank: the raw evaluation is collective
+        return tensorboard, jsonl, (every if tensorboard else 0)
+
+    def wants(self, run: RunView) -> Wants:
+        tensorboard, jsonl, every = self._settings(run)
+        return Wants(
+            raw_eval=tensorboard,
+            batch_accuracy=tensorboard or jsonl,
+            misclassified=MISCLASSIFIED_POOL if tensorboard else 0,
+            histogram_every=every,
+        )
+
+    def on_start(self, run: RunView) -> None:
+        self.tensorboard, self.jsonl, self.histogram_every = self._settings(run)
         self._began = time.perf_counter()
         self._last_log = (run.step, self._began)
         if not run.is_main:
@@ -216,7 +234,7 @@ class TrackingCallback(Callback):
             if run.step == 0:
                 self._write_graph(run)
 
-    def _write_graph(self, run: Any) -> None:
+    def _write_graph(self, run: RunView) -> None:
         """The graph of a fresh CPU copy of the architecture: tracing the placed model could
         reach into DDP or DTensor collectives on one rank only. Tracing failures never stop
         training."""
@@ -233,30 +251,10 @@ class TrackingCallback(Callback):
             )
 
     # -- every log_every steps -------------------------------------------------------------------
-    def _batch_accuracy(self, run: Any) -> float | None:
-        """Accuracy of the current weights on the batch just trained on (collective)."""
-        batcher = run.batcher
-        if batcher is None:
-            return None
-        end = batcher.index_in_epoch
-        # A batch that crossed an epoch boundary is represented by its part in the new epoch.
-        idx = batcher.perm[max(0, end - batcher.batch_size) : end]
-        if idx.numel() == 0:
-            return None
-        train = run.data.train
-        idx = idx.to(train.images.device)
-        predicted = run.strategy.predict(train.images.index_select(0, idx))
-        if predicted is None or not run.is_main:
-            return None
-        labels = train.labels.index_select(0, idx)
-        return float((predicted == labels.to(predicted.device)).float().mean())
-
-    def on_log(self, run: Any, record: dict[str, Any]) -> None:
-        if not (self.tensorboard or self.jsonl):
+    def on_log(self, run: RunView, log: LogRecord) -> None:
+        if not (self.tensorboard or self.jsonl) or not run.is_main:
             return
-        accuracy = self._batch_accuracy(run)
-        if not run.is_main:
-            return
+        accuracy, record = log.train_accuracy, log.to_dict()
         now = time.perf_counter()
         last_step, last_time = self._last_log or (run.step, now)
         rate = (run.step - last_step) / (now - last_time) if now > last_time else None
@@ -289,10 +287,17 @@ class TrackingCallback(Callback):
                 w.add_scalar("train/steps_per_second", rate, step)
 
     # -- every eval_every steps ------------------------------------------------------------------
-    def on_eval(self, run: Any, record: dict[str, Any]) -> None:
-        grid = self._misclassified(run) if self.tensorboard else None
+    def on_eval(self, run: RunView, evaluation: EvalRecord) -> None:
         if not run.is_main:
             return
+        record = evaluation.to_dict()
+        wrong = evaluation.misclassified
+        grid = None
+        if self.tensorboard and wrong is not None and len(wrong.labels):
+            tiles = slice(0, GRID_TILES)
+            grid = misclassified_grid(
+                wrong.images[tiles], wrong.labels[tiles], wrong.predicted[tiles]
+            )
         fields = {k: v for k, v in record.items() if k != "step"}
         if self._pending is not None and self._pending.get("step") == record["step"]:
             self._pending.update(fields)
@@ -333,27 +338,8 @@ class TrackingCallback(Callback):
             Summary(value=[Summary.Value(tag=tag, image=png)]), step
         )
 
-    def _misclassified(self, run: Any) -> np.ndarray | None:
-        """Predict the first validation images with the EMA weights (collective); on the main
-        rank, a grid of up to ``GRID_TILES`` wrong ones, or ``None`` when none is wrong."""
-        val = run.data.validation
-        images, labels = val.images[:MISCLASSIFIED_POOL], val.labels[:MISCLASSIFIED_POOL]
-        params = run.ema.shadows if run.ema is not None else None
-        predicted = run.strategy.predict(images, params)  # predict switches to eval mode itself
-        if predicted is None or not run.is_main:
-            return None
-        labels = labels.to(predicted.device)
-        wrong = (predicted != labels).nonzero().flatten()[:GRID_TILES]
-        if wrong.numel() == 0:
-            return None
-        return misclassified_grid(
-            images.index_select(0, wrong.to(images.device)).cpu().numpy(),
-            labels[wrong].cpu().numpy(),
-            predicted[wrong].cpu().numpy(),
-        )
-
     # -- every histogram_every steps, and bookkeeping after each step ----------------------------
-    def on_step(self, run: Any) -> None:
+    def on_boundary(self, run: RunView, steps_done: int) -> None:
         if self._pending is not None:
             self._flush_pending()
         if (
@@ -364,14 +350,14 @@ class TrackingCallback(Callback):
             self._histograms(run)
 
     @torch.no_grad()
-    def _histograms(self, run: Any) -> None:
+    def _histograms(self, run: RunView) -> None:
         """This rank's parameters and their gradients (still in ``.grad`` right after the step:
         the next step zeroes them). Under tensor or pipeline parallelism these are the main rank's
         shards."""
         from tensorboard.compat.proto.summary_pb2 import Summary
 
         values = []
-        for name, param in run.strategy.local_parameters():
+        for name, param in run.named_parameters():
             local = param.to_local() if hasattr(param, "to_local") else param
             values.append(Summary.Value(tag=f"weights/{name}", histo=histogram_proto(local)))
             if param.grad is not None:
@@ -385,7 +371,7 @@ class TrackingCallback(Callback):
         self._pending = None
 
     # -- the end -----------------------------------------------------------------------------------
-    def on_end(self, run: Any, result: Any) -> None:
+    def on_end(self, run: RunView, result: ResultView) -> None:
         if not run.is_main:
             return
         self._flush_pending()
@@ -405,7 +391,7 @@ class TrackingCallback(Callback):
             self._write_hparams(run, summary)
         self._close()
 
-    def _write_hparams(self, run: Any, summary: dict[str, Any]) -> None:
+    def _write_hparams(self, run: RunView, summary: dict[str, Any]) -> None:
         """The hparams plugin's experiment, session start and end, in this run's own folder
         (``SummaryWriter.add_hparams`` would put them in a new sub-run named by the clock)."""
         from torch.utils.tensorboard.summary import hparams
@@ -434,8 +420,8 @@ class TrackingCallback(Callback):
             self.writer.close()
             self.writer = None
 
-    def on_interrupt(self, run: Any) -> None:
+    def on_interrupt(self, run: RunView) -> None:
         self._close()
 
-    def on_failure(self, run: Any, error: BaseException) -> None:
+    def on_failure(self, run: RunView, error: BaseException) -> None:
         self._close()

@@ -1,16 +1,8 @@
 """Training: the objective's pieces, the moving average, metrics and the one training loop."""
 
+from mnistlab.io.callbacks import Callback
 from mnistlab.train.ema import EMA, ema_decay_at
-from mnistlab.train.loop import (
-    Callback,
-    Run,
-    TrainingInterrupted,
-    TrainResult,
-    build_run,
-    decay_steps_for,
-    resolve_device,
-    train,
-)
+from mnistlab.train.loop import TrainingInterrupted, due, train
 from mnistlab.train.metrics import EvalResult, confusion_matrix, summarize
 from mnistlab.train.objective import (
     add_l2_gradient,
@@ -19,6 +11,7 @@ from mnistlab.train.objective import (
     l2_penalty,
     naive_cross_entropy,
 )
+from mnistlab.train.state import Run, TrainResult, build_run, decay_steps_for, resolve_device
 
 __all__ = [
     "EMA",
@@ -32,6 +25,7 @@ __all__ = [
     "confusion_matrix",
     "cross_entropy",
     "decay_steps_for",
+    "due",
     "ema_decay_at",
     "exponential_decay",
     "l2_penalty",

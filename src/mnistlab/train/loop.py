@@ -1,9 +1,13 @@
 """The one training loop. Every preset and every parallel mode runs through ``train``.
 
-The loop is plain calls: learning rate, batch indices, ``strategy.forward_backward``, L2 gradient,
-optimizer step, moving average; every ``log_every`` steps one host sync to check the losses and
-report them; every ``eval_every`` steps validation accuracy with the averaged weights. Checkpoints,
-TensorBoard and progress bars are callbacks the loop calls at those points.
+Training is cut into stretches between *boundaries*: every ``train.log_every`` steps (the losses
+are checked and reported, and the stop flag is agreed on), every ``train.eval_every`` steps
+(validation), every checkpoint, the last step. An engine (``train/steps.py``) runs each stretch
+without the host waiting on the device; at a boundary the loop does every collective operation
+itself, on every rank in the same order — evaluations, the predictions callbacks asked for, the
+new-best decision, the stop flag, the consolidated state for a checkpoint — and hands the results
+to the callbacks, which only write (``io/callbacks.py``). So ranks stay in step whatever a user
+switches on.
 """
 
 from __future__ import annotations
@@ -14,208 +18,58 @@ import signal
 import threading
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from functools import reduce
 from typing import Any
 
-import numpy as np
 import torch
 
-from mnistlab.config import Config, to_dict
-from mnistlab.data import Batcher, Split, Splits
+from mnistlab.config import Config
+from mnistlab.data import Splits
 from mnistlab.errors import TrainingError
-from mnistlab.io.callbacks import Callback
-from mnistlab.models import build_model
+from mnistlab.io.callbacks import (
+    Callback,
+    EvalRecord,
+    LogRecord,
+    Misclassified,
+    Wants,
+)
 from mnistlab.parallel import Strategy
-from mnistlab.train.ema import EMA
-from mnistlab.train.metrics import EvalResult, summarize
-from mnistlab.train.objective import add_l2_gradient, exponential_decay, l2_penalty, loss_function
-from mnistlab.train.optim import build_optimizer
+from mnistlab.train.metrics import summarize
+from mnistlab.train.objective import l2_penalty
+from mnistlab.train.state import Run, TrainResult, build_run
+from mnistlab.train.steps import Engine, check_finite_losses, select_engine
 
 
 class TrainingInterrupted(TrainingError):
-    """Ctrl-C or SIGTERM stopped training at a step boundary (after callbacks saved the state)."""
+    """Ctrl-C or SIGTERM stopped training at a boundary (after the state was saved)."""
 
     exit_code = 130
 
-    def __init__(self, step: int, message: str):
+    def __init__(self, step: int, message: str, *, signum: int | None = None):
         super().__init__(message)
         self.step = step
+        # The shell's convention: 128 + the signal's number (130 for Ctrl-C, 143 for SIGTERM).
+        if signum is not None:
+            self.exit_code = 128 + int(signum)
 
 
-@dataclass
-class TrainResult:
-    steps: int
-    test: EvalResult | None
-    validation_accuracy: float | None
-    best_validation_accuracy: float | None
-    wall_seconds: float
-    train_seconds: float
-    samples_per_second: float
-    dataset: str
-    data_dir: str
-    used_ema: bool
-
-    def summary(self) -> dict[str, Any]:
-        return {
-            "test_accuracy": self.test.accuracy if self.test else None,
-            "validation_accuracy": self.validation_accuracy,
-            "best_validation_accuracy": self.best_validation_accuracy,
-            "steps": self.steps,
-            "wall_seconds": round(self.wall_seconds, 3),
-            "train_seconds": round(self.train_seconds, 3),
-            "samples_per_second": round(self.samples_per_second, 1),
-            "dataset": self.dataset,
-            "data_dir": self.data_dir,
-            "ema_weights": self.used_ema,
-        }
+def due(step: int, every: int, total: int) -> bool:
+    """Whether ``step`` (steps done) is an ``every``-step boundary; the last step always is."""
+    return step == total or (every > 0 and step % every == 0)
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise TrainingError(
-            f"train.device {name!r} is not a device (use auto, cpu or cuda)"
-        ) from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise TrainingError("train.device asks for CUDA but torch sees no CUDA device")
-    return device
-
-
-def decay_steps_for(config: Config, num_train: int) -> int:
-    """TensorFlow's ``decay_steps = training examples / batch size`` unless set explicitly."""
-    if config.optim.decay_steps is not None:
-        return config.optim.decay_steps
-    return max(1, num_train // config.train.batch_size)
-
-
-@dataclass
-class Run:
-    """Everything one training run holds; callbacks read it, checkpoints save its state."""
-
-    config: Config
-    data: Splits
-    strategy: Strategy
-    callbacks: list[Callback]
-    ema: EMA | None = None
-    batcher: Batcher | None = None
-    step: int = 0
-    lr: float = 0.0
-    last_loss: float = math.nan
-    validation_accuracy: float | None = None
-    best_validation_accuracy: float | None = None
-    best_step: int | None = None
-    stop_requested: bool = False
-    want_raw_eval: bool = False
-    decay_steps: int = 1
-    history: list[dict[str, Any]] = field(default_factory=list)
-    resume_hint: str = ""
-    """Set by the checkpoint callback on interrupt: where the state went and how to go on."""
-
-    @property
-    def is_main(self) -> bool:
-        return self.strategy.is_main
-
-    @property
-    def optimizer(self) -> torch.optim.Optimizer:
-        assert self.strategy.optimizer is not None
-        return self.strategy.optimizer
-
-    def parameters(self) -> list[torch.Tensor]:
-        return [p for _, p in self.strategy.local_parameters()]
-
-    def evaluate(self, split: Split, *, use_ema: bool = True) -> EvalResult | None:
-        """Accuracy on ``split`` (collective; ``None`` on ranks other than the main one)."""
-        params = self.ema.shadows if (use_ema and self.ema is not None) else None
-        predicted = self.strategy.predict(split.images, params)
-        if predicted is None or not self.is_main:
-            return None
-        return summarize(predicted, split.labels, self.data.num_classes)
-
-    # -- exact resume ----------------------------------------------------------------------------
-    def state_dict(self) -> dict[str, Any]:
-        """The whole training state, consolidated and mode-independent (collective)."""
-        assert self.batcher is not None
-        params = self.parameters()
-        return {
-            "step": self.step,
-            "model": self.strategy.full_state(params),
-            "ema": None
-            if self.ema is None
-            else {
-                "num_updates": self.ema.num_updates,
-                "shadows": self.strategy.full_state(self.ema.shadows),
-            },
-            "optimizer": self.strategy.optimizer_state(),
-            "data": self.batcher.state_dict(),
-            "rng": {
-                "torch": torch.get_rng_state(),
-                "cuda": [s for s in torch.cuda.get_rng_state_all()]
-                if torch.cuda.is_available()
-                else [],
-                "numpy": _numpy_rng_state(),
-            },
-            "metrics": {
-                "validation_accuracy": self.validation_accuracy,
-                "best_validation_accuracy": self.best_validation_accuracy,
-                "best_step": self.best_step,
-                "last_loss": self.last_loss if math.isfinite(self.last_loss) else None,
-            },
-            "config": to_dict(self.config),
-        }
-
-    @torch.no_grad()
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        assert self.batcher is not None
-        self.step = int(state["step"])
-        for param, saved in zip(
-            self.parameters(), self.strategy.local_state(state["model"]), strict=True
-        ):
-            param.copy_(saved)
-        if self.ema is not None and state.get("ema"):
-            self.ema.num_updates = int(state["ema"]["num_updates"])
-            for shadow, saved in zip(
-                self.ema.shadows, self.strategy.local_state(state["ema"]["shadows"]), strict=True
-            ):
-                shadow.copy_(saved)
-        self.strategy.load_optimizer_state(state["optimizer"])
-        self.batcher.load_state_dict(state["data"])
-        rng = state.get("rng", {})
-        if "torch" in rng:
-            torch.set_rng_state(rng["torch"])
-        if rng.get("cuda") and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(rng["cuda"])
-        if rng.get("numpy") is not None:
-            _set_numpy_rng_state(rng["numpy"])
-        metrics = state.get("metrics", {})
-        self.validation_accuracy = metrics.get("validation_accuracy")
-        self.best_validation_accuracy = metrics.get("best_validation_accuracy")
-        self.best_step = metrics.get("best_step")
-        last_loss = metrics.get("last_loss")
-        self.last_loss = math.nan if last_loss is None else float(last_loss)
-
-
-def _numpy_rng_state() -> dict[str, Any]:
-    name, keys, pos, has_gauss, cached = np.random.get_state()
-    return {
-        "name": name,
-        "keys": torch.from_numpy(np.asarray(keys).astype(np.int64)),
-        "pos": int(pos),
-        "has_gauss": int(has_gauss),
-        "cached": float(cached),
-    }
-
-
-def _set_numpy_rng_state(state: dict[str, Any]) -> None:
-    keys = state["keys"].numpy().astype(np.uint32)
-    np.random.set_state((state["name"], keys, state["pos"], state["has_gauss"], state["cached"]))
+def _next_boundary(step: int, total: int, intervals: Sequence[int]) -> int:
+    """The first step after ``step`` where some interval falls, or ``total``."""
+    nxt = total
+    for every in intervals:
+        if every > 0:
+            nxt = min(nxt, (step // every + 1) * every)
+    return nxt
 
 
 @contextlib.contextmanager
 def _stop_on_signals(run: Run) -> Iterator[None]:
-    """First Ctrl-C / SIGTERM asks the loop to stop at the next step boundary (and save);
+    """First Ctrl-C / SIGTERM asks the loop to stop at the next boundary (and save);
     a second Ctrl-C raises ``KeyboardInterrupt`` at once."""
     if threading.current_thread() is not threading.main_thread():
         yield
@@ -225,6 +79,7 @@ def _stop_on_signals(run: Run) -> Iterator[None]:
         if run.stop_requested and signum == signal.SIGINT:
             raise KeyboardInterrupt
         run.stop_requested = True
+        run.stop_signal = run.stop_signal or signum
 
     previous = {s: signal.signal(s, ask_stop) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
@@ -234,42 +89,6 @@ def _stop_on_signals(run: Run) -> Iterator[None]:
             signal.signal(s, handler)
 
 
-def build_run(
-    config: Config,
-    data: Splits,
-    strategy: Strategy | None = None,
-    callbacks: Sequence[Callback] = (),
-) -> Run:
-    """Model, optimizer, moving average and data order for ``config``, placed by ``strategy``."""
-    t = config.train
-    if t.threads:
-        torch.set_num_threads(t.threads)
-    strategy = strategy or Strategy(resolve_device(t.device))
-    torch.manual_seed(t.seed)
-    np.random.seed(t.seed % 2**32)
-    model = build_model(config.model, num_classes=data.num_classes, seed=t.seed)
-    strategy.prepare(model, lambda params: build_optimizer(params, config.optim))
-    run = Run(config=config, data=data, strategy=strategy, callbacks=list(callbacks))
-    if config.optim.ema_decay > 0:
-        run.ema = EMA(run.parameters(), config.optim.ema_decay)
-    # The data order has its own generator, so dropout draws never shift the batches.
-    run.batcher = Batcher(len(data.train), t.batch_size, seed=t.seed + 1)
-    run.decay_steps = decay_steps_for(config, len(data.train))
-    return run
-
-
-def _check_losses(run: Run, losses: torch.Tensor, first_step: int) -> float:
-    """Stop with the exact step when a loss in the window is NaN or infinite; return the mean."""
-    values = losses.tolist()
-    for offset, value in enumerate(values):
-        if not math.isfinite(value):
-            raise TrainingError(
-                f"training diverged: the loss became {value} at step {first_step + offset + 1}; "
-                "lower optim.lr (or use train.loss=stable); checkpoints written before it are kept"
-            )
-    return sum(values) / len(values)
-
-
 def train(
     config: Config,
     data: Splits,
@@ -277,134 +96,227 @@ def train(
     callbacks: Sequence[Callback] = (),
     resume_state: dict[str, Any] | None = None,
 ) -> TrainResult:
-    """Train ``config`` on ``data``; returns the final figures (test accuracy with EMA weights)."""
+    """Train ``config`` on ``data`` (on any device: it moves to the training device); returns the
+    final figures (test accuracy with the moving-average weights)."""
     started = time.perf_counter()
     run = build_run(config, data, strategy, callbacks)
     if resume_state is not None:
         run.load_state_dict(resume_state)
+    loop = _Loop(run)
     try:
         with _stop_on_signals(run):
-            train_seconds = _loop(run)
+            train_seconds = loop.run()
     except TrainingInterrupted:
         raise
     except BaseException as exc:
         for cb in run.callbacks:
             cb.on_failure(run, exc)
         raise
-    return _finish(run, started, train_seconds)
+    return loop.finish(started, train_seconds)
 
 
-def _loop(run: Run) -> float:
-    config, strategy = run.config, run.strategy
-    t, o = config.train, config.optim
-    assert run.batcher is not None
-    device = strategy.device
-    train_x, train_y = run.data.train.images, run.data.train.labels
-    loss_fn = loss_function(t.loss)
-    # L2 applies to weight matrices and kernels, never biases (``models.weight_names``).
-    weights = [p for _, p in strategy.local_parameters() if p.ndim >= 2]
-    window = torch.zeros(t.log_every, device=device)
-    window_start = run.step
-    strategy.train_mode(True)
-    for cb in run.callbacks:
-        cb.on_start(run)
-    begun = time.perf_counter()
-    start_step = run.step
-    while run.step < t.steps:
-        step = run.step
-        run.lr = exponential_decay(step, o.lr, o.lr_decay, run.decay_steps, o.staircase)
-        for group in run.optimizer.param_groups:
-            group["lr"] = run.lr
-        idx = strategy.shard(run.batcher.next_indices())
-        if idx.device != train_x.device:
-            idx = idx.to(train_x.device, non_blocking=True)
-        x, y = train_x.index_select(0, idx), train_y.index_select(0, idx)
-        run.optimizer.zero_grad(set_to_none=True)
-        loss = strategy.forward_backward(x, y, loss_fn)
-        add_l2_gradient(weights, o.l2)
-        run.optimizer.step()
-        if run.ema is not None:
-            run.ema.update()
-        window[step - window_start] = loss
-        run.step = step + 1
+class _Loop:
+    def __init__(self, run: Run):
+        self.run_ = run
+        self.wants: Wants = reduce(Wants.merge, (cb.wants(run) for cb in run.callbacks), Wants())
+        self.engine: Engine
+        self.engine, self.fallback_reason = select_engine(run)
+        # L2 applies to weight matrices and kernels, never biases (``models.weight_names``).
+        self.weights = [p for p in run.parameters() if p.ndim >= 2]
+        self.last_checkpoint_step: int | None = None
+        self.steps_run = 0
 
-        if run.step - window_start == t.log_every or run.step == t.steps:
-            mean = _check_losses(
-                run, strategy.reduce_losses(window[: run.step - window_start]), window_start
-            )
-            run.last_loss = (
-                mean + float(strategy.global_penalty(l2_penalty(weights, o.l2))) if o.l2 else mean
-            )
-            window_start = run.step
-            record = {
-                "step": run.step,
-                "loss": run.last_loss,
-                "data_loss": mean,
-                "lr": run.lr,
-                "epoch": run.batcher.epoch,
-                "ema_decay": run.ema.current_decay if run.ema else None,
-            }
-            for cb in run.callbacks:
-                cb.on_log(run, record)
-        if run.step % t.eval_every == 0 or run.step == t.steps:
-            _validate(run)
+    # -- the loop --------------------------------------------------------------------------------
+    def run(self) -> float:
+        run, t = self.run_, self.run_.config.train
+        strategy = run.strategy
+        w = self.wants
+        intervals = [t.log_every, t.eval_every, w.histogram_every]
+        if w.checkpoints:
+            intervals.append(w.checkpoint_every)
+        losses = torch.zeros(max(1, t.log_every), device=strategy.device)
+        window: list[torch.Tensor] = []
+        window_start = run.step
+        strategy.train_mode(True)
         for cb in run.callbacks:
-            cb.on_step(run)
-        if run.step < t.steps and strategy.all_true(run.stop_requested):
+            cb.on_start(run)
+        begun = time.perf_counter()
+        start_step = run.step
+        while run.step < t.steps:
+            # Log lines fall on round steps, also after a resume from an odd step.
+            end = _next_boundary(run.step, t.steps, intervals)
+            n = end - run.step
+            self.engine.run(run, n, losses)
+            window.append(losses[:n].clone())
+            run.step = end
             for cb in run.callbacks:
-                cb.on_interrupt(run)
-            hint = f"; {run.resume_hint}" if run.resume_hint else ""
-            raise TrainingInterrupted(
-                run.step, f"training stopped at step {run.step} of {t.steps}{hint}"
+                cb.on_boundary(run, n)
+            if due(run.step, t.log_every, t.steps):
+                self._log(torch.cat(window), window_start)
+                window, window_start = [], run.step
+                stop = run.step < t.steps and strategy.all_true(run.stop_requested)
+            else:
+                stop = False
+            new_best = False
+            if due(run.step, t.eval_every, t.steps):
+                new_best = self._validate()
+            if w.checkpoints:
+                periodic = due(run.step, w.checkpoint_every, t.steps)
+                if periodic or new_best:
+                    self._checkpoint(periodic=periodic, best=new_best)
+            if stop:
+                self._interrupt()
+        self.steps_run = run.step - start_step
+        return time.perf_counter() - begun
+
+    # -- boundaries ------------------------------------------------------------------------------
+    def _log(self, losses: torch.Tensor, first_step: int) -> None:
+        run = self.run_
+        o = run.config.optim
+        values = run.strategy.reduce_losses(losses).tolist()  # the one host sync per log_every
+        check_finite_losses(values, first_step)
+        mean = sum(values) / len(values) if values else math.nan
+        penalty = (
+            float(run.strategy.global_penalty(l2_penalty(self.weights, o.l2))) if o.l2 else 0.0
+        )
+        run.last_loss = mean + penalty
+        accuracy = self._batch_accuracy() if self.wants.batch_accuracy else None
+        record = LogRecord(
+            step=run.step,
+            loss=run.last_loss,
+            data_loss=mean,
+            lr=run.lr,
+            epoch=run.batcher.epoch,
+            ema_decay=run.ema.current_decay if run.ema else None,
+            train_accuracy=accuracy,
+        )
+        for cb in run.callbacks:
+            cb.on_log(run, record)
+
+    def _batch_accuracy(self) -> float | None:
+        """The current weights' accuracy on the last batch trained on (collective). A batch that
+        crossed an epoch's end is represented by its part in the new epoch."""
+        run = self.run_
+        batcher = run.batcher
+        end = batcher.index_in_epoch
+        idx = batcher.perm[max(0, end - batcher.batch_size) : end]
+        if idx.numel() == 0:
+            return None
+        train = run.data.train
+        idx = idx.to(train.images.device)
+        predicted = run.predict(train.images.index_select(0, idx), use_ema=False)
+        if predicted is None:
+            return None
+        labels = train.labels.index_select(0, idx).to(predicted.device)
+        return float((predicted == labels).float().mean())
+
+    def _validate(self) -> bool:
+        """Validation on every rank; returns the new-best decision, agreed by all ranks."""
+        run, w = self.run_, self.wants
+        val = run.data.validation
+        run.strategy.train_mode(False)
+        try:
+            result = run.evaluate(val, use_ema=True)
+            raw = run.evaluate(val, use_ema=False) if (w.raw_eval and run.ema) else None
+            pool = min(w.misclassified, len(val))
+            predicted = run.predict(val.images[:pool], use_ema=True) if pool else None
+        finally:
+            run.strategy.train_mode(True)
+        new_best = False
+        record = None
+        if result is not None:  # main rank
+            run.validation_accuracy = result.accuracy
+            best = run.best_validation_accuracy
+            new_best = best is None or result.accuracy > best
+            if new_best:
+                run.best_validation_accuracy, run.best_step = result.accuracy, run.step
+            assert run.best_validation_accuracy is not None
+            record = EvalRecord(
+                step=run.step,
+                validation_accuracy=result.accuracy,
+                validation_accuracy_raw=raw.accuracy
+                if raw
+                else (result.accuracy if run.ema is None else None),
+                best_validation_accuracy=run.best_validation_accuracy,
+                new_best=new_best,
+                misclassified=_misclassified(val.images[:pool], val.labels[:pool], predicted)
+                if predicted is not None
+                else None,
             )
-    elapsed = time.perf_counter() - begun
-    run.history.append({"train_steps": run.step - start_step, "train_seconds": elapsed})
-    return elapsed
+        new_best = bool(run.strategy.broadcast_object(new_best))
+        if record is not None:
+            for cb in run.callbacks:
+                cb.on_eval(run, record)
+        return new_best
+
+    def _checkpoint(self, *, periodic: bool, best: bool) -> None:
+        run = self.run_
+        state = run.state_dict()  # collective: every rank, same step
+        if periodic:
+            self.last_checkpoint_step = run.step
+        if not run.is_main:
+            return
+        for cb in run.callbacks:
+            if cb.wants(run).checkpoints:
+                cb.on_checkpoint(run, state, periodic=periodic, best=best)
+
+    def _interrupt(self) -> None:
+        run, t = self.run_, self.run_.config.train
+        if self.wants.checkpoints and self.last_checkpoint_step != run.step:
+            self._checkpoint(periodic=True, best=False)
+        for cb in run.callbacks:
+            cb.on_interrupt(run)
+        hint = f"; {run.resume_hint}" if run.resume_hint else ""
+        raise TrainingInterrupted(
+            run.step,
+            f"training stopped at step {run.step} of {t.steps}{hint}",
+            signum=run.stop_signal,
+        )
+
+    # -- the end ---------------------------------------------------------------------------------
+    def finish(self, started: float, train_seconds: float) -> TrainResult:
+        run = self.run_
+        run.strategy.train_mode(False)
+        test = run.evaluate(run.data.test, use_ema=True)
+        result = TrainResult(
+            steps=run.step,
+            test=test,
+            validation_accuracy=run.validation_accuracy,
+            best_validation_accuracy=run.best_validation_accuracy,
+            wall_seconds=time.perf_counter() - started,
+            train_seconds=train_seconds,
+            samples_per_second=self.steps_run * run.config.train.batch_size / train_seconds
+            if train_seconds
+            else 0.0,
+            dataset=run.data.name,
+            data_dir=str(run.data.directory),
+            used_ema=run.ema is not None,
+            engine=self.engine.name,
+        )
+        for cb in run.callbacks:
+            cb.on_end(run, result)
+        return result
 
 
-def _validate(run: Run) -> None:
-    run.strategy.train_mode(False)
-    result = run.evaluate(run.data.validation, use_ema=True)
-    raw = None
-    if run.want_raw_eval and run.ema is not None:
-        raw = run.evaluate(run.data.validation, use_ema=False)
-    run.strategy.train_mode(True)
-    if result is None:
-        return
-    run.validation_accuracy = result.accuracy
-    if run.best_validation_accuracy is None or result.accuracy > run.best_validation_accuracy:
-        run.best_validation_accuracy = result.accuracy
-        run.best_step = run.step
-    record = {
-        "step": run.step,
-        "validation_accuracy": result.accuracy,
-        "validation_accuracy_raw": raw.accuracy
-        if raw
-        else (result.accuracy if run.ema is None else None),
-        "best_validation_accuracy": run.best_validation_accuracy,
-    }
-    for cb in run.callbacks:
-        cb.on_eval(run, record)
-
-
-def _finish(run: Run, started: float, train_seconds: float) -> TrainResult:
-    run.strategy.train_mode(False)
-    test = run.evaluate(run.data.test, use_ema=True)
-    steps_run = run.history[-1]["train_steps"] if run.history else 0
-    result = TrainResult(
-        steps=run.step,
-        test=test,
-        validation_accuracy=run.validation_accuracy,
-        best_validation_accuracy=run.best_validation_accuracy,
-        wall_seconds=time.perf_counter() - started,
-        train_seconds=train_seconds,
-        samples_per_second=steps_run * run.config.train.batch_size / train_seconds
-        if train_seconds
-        else 0.0,
-        dataset=run.data.name,
-        data_dir=str(run.data.directory),
-        used_ema=run.ema is not None,
+def _misclassified(
+    images: torch.Tensor, labels: torch.Tensor, predicted: torch.Tensor
+) -> Misclassified:
+    labels = labels.to(predicted.device)
+    wrong = (predicted != labels).nonzero().flatten()
+    return Misclassified(
+        images=images.index_select(0, wrong.to(images.device)).cpu().numpy(),
+        labels=labels[wrong].cpu().numpy(),
+        predicted=predicted[wrong].cpu().numpy(),
     )
-    for cb in run.callbacks:
-        cb.on_end(run, result)
-    return result
+
+
+__all__ = [
+    "Callback",
+    "Run",
+    "TrainResult",
+    "TrainingInterrupted",
+    "build_run",
+    "due",
+    "summarize",
+    "train",
+]

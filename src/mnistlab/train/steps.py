@@ -1,0 +1,443 @@
+"""How a stretch of training steps runs: the engines behind the one loop.
+
+The loop (``train/loop.py``) cuts training into stretches between boundaries (logging,
+evaluation, checkpoints) and hands each stretch to an engine. Every engine computes the same
+mathematics — TF's batch order, ``lr · decay^(step/decay_steps)``, cross-entropy plus
+``l2 · ΣW²/2`` on weights, the optimizer step, the moving average — and leaves the same state
+behind, so checkpoints, resume and callbacks never care which one ran:
+
+- ``AutogradEngine``: autograd through the strategy's ``forward_backward``; serves every model,
+  optimizer and parallel mode.
+- ``FusedDenseEngine``: softmax regression and the MLP with plain SGD in one process. The
+  gradient is written out by hand, calling the very kernels autograd would call (so the result
+  is bit-equal on CPU), into buffers allocated once: no graph to build, no fresh 1.5 MB gradient
+  on every step, no per-step host work beyond a few kernel calls.
+- ``TabledDenseEngine`` (CUDA by default): the same step as one pure function that reads the
+  learning rate, the EMA weight and the batch indices from device tables, fused further by
+  ``torch.compile`` and captured as a CUDA graph of ``log_every`` steps that is replayed: one
+  launch per stretch, nothing for the host to do between boundaries.
+
+``select_engine`` picks the fastest engine the run allows (``train.fused``, ``train.compile``,
+``train.cuda_graphs`` turn each off) and says why when it falls back.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
+
+import torch
+from torch import nn
+
+from mnistlab.parallel import Strategy
+from mnistlab.train.ema import ema_decay_at
+from mnistlab.train.objective import add_l2_gradient, exponential_decay, loss_function
+
+if TYPE_CHECKING:
+    from mnistlab.train.state import Run
+
+
+class Engine:
+    """Runs ``n`` steps from ``run.step``, writing each step's data loss into ``losses[:n]``.
+    It advances the batcher, the optimizer, the moving average and ``run.lr``; the loop advances
+    ``run.step``."""
+
+    name = "engine"
+
+    def run(self, run: Run, n: int, losses: torch.Tensor) -> None:
+        raise NotImplementedError
+
+    def lr_at(self, run: Run, step: int) -> float:
+        o = run.config.optim
+        return exponential_decay(step, o.lr, o.lr_decay, run.decay_steps, o.staircase)
+
+
+class AutogradEngine(Engine):
+    name = "autograd"
+
+    def __init__(self, run: Run):
+        self.loss_fn = loss_function(run.config.train.loss)
+        # L2 applies to weight matrices and kernels, never biases (``models.weight_names``).
+        self.weights = [p for p in run.parameters() if p.ndim >= 2]
+
+    def run(self, run: Run, n: int, losses: torch.Tensor) -> None:
+        strategy, optimizer, l2 = run.strategy, run.optimizer, run.config.optim.l2
+        images, labels = run.data.train.images, run.data.train.labels
+        for i in range(n):
+            run.lr = self.lr_at(run, run.step + i)
+            for group in optimizer.param_groups:
+                group["lr"] = run.lr
+            idx = strategy.shard(run.batcher.next_indices())
+            if idx.device != images.device:
+                idx = idx.to(images.device, non_blocking=True)
+            x, y = images.index_select(0, idx), labels.index_select(0, idx)
+            optimizer.zero_grad(set_to_none=True)
+            loss = strategy.forward_backward(x, y, self.loss_fn)
+            add_l2_gradient(self.weights, l2)
+            optimizer.step()
+            if run.ema is not None:
+                run.ema.update()
+            losses[i] = loss
+
+
+def dense_layers(model: nn.Module) -> list[nn.Linear] | None:
+    """The Linear layers of a model made only of Linear layers with ReLU between them (softmax
+    regression, the MLP), in order; ``None`` for anything else."""
+    layers: list[nn.Linear] = []
+    relu_after: list[bool] = []
+    for module in model.modules():
+        if isinstance(module, nn.Linear):
+            layers.append(module)
+            relu_after.append(False)
+        elif isinstance(module, nn.ReLU):
+            if not relu_after or relu_after[-1]:
+                return None
+            relu_after[-1] = True
+        elif not isinstance(module, nn.Sequential):
+            return None
+    if not layers or relu_after[-1] or not all(relu_after[:-1]):
+        return None
+    return layers
+
+
+def fused_reason(run: Run) -> str | None:
+    """Why the fused dense step cannot run this configuration (``None`` when it can)."""
+    c = run.config
+    if type(run.strategy) is not Strategy:
+        return f"parallel mode {run.strategy.mode!r} steps through autograd"
+    if c.optim.name != "sgd":
+        return f"optimizer {c.optim.name!r} (the fused step does plain SGD)"
+    if c.train.loss != "stable":
+        return "train.loss=naive (kept on autograd, to fail exactly as the original did)"
+    assert run.strategy.model is not None
+    if dense_layers(run.strategy.model) is None:
+        return f"model {c.model.name!r} is not dense (softmax and mlp are)"
+    return None
+
+
+_nll_backward = torch.ops.aten.nll_loss_backward
+_log_softmax_backward = torch.ops.aten._log_softmax_backward_data
+_MEAN = 1  # at::Reduction::Mean
+_IGNORE = -100
+
+
+class FusedDenseEngine(Engine):
+    """Hand-written forward and backward of ``Linear → ReLU → … → Linear`` with mean
+    cross-entropy, plain SGD, TF's L2 and the moving average, into buffers made once."""
+
+    name = "fused"
+
+    def __init__(self, run: Run):
+        assert run.strategy.model is not None
+        layers = dense_layers(run.strategy.model)
+        assert layers is not None
+        self.layers = layers
+        self.weights = [layer.weight for layer in layers]
+        self.biases = [layer.bias for layer in layers]
+        self.params = run.parameters()
+        batch, device = run.config.train.batch_size, run.strategy.device
+        width = run.data.train.images.shape[1]
+        with torch.no_grad():
+            for p in self.params:  # gradients live in .grad, reused by every step
+                if p.grad is None:
+                    p.grad = torch.zeros_like(p)
+        self.grads = [_grad(p) for p in self.params]
+        self.x = torch.empty(batch, width, device=device)
+        self.y = torch.empty(batch, dtype=torch.int64, device=device)
+        self.acts = [torch.empty(batch, layer.out_features, device=device) for layer in layers]
+        self.grad_acts = [torch.empty_like(a) for a in self.acts]
+        self.log_probs = torch.empty_like(self.acts[-1])
+        self.grad_log_probs = torch.empty_like(self.acts[-1])
+        self.weight_grads = [_grad(w) for w in self.weights]
+        self.l2_held = [w.detach() for w in self.weights]
+        self.one = torch.ones((), device=device)
+
+    @torch.no_grad()
+    def step_math(self, idx: torch.Tensor, lr: float | torch.Tensor, l2: float) -> torch.Tensor:
+        """One step on the batch ``idx``; returns the data loss (a 0-dim tensor)."""
+        x, y = self.x, self.y
+        torch.index_select(self._images, 0, idx, out=x)
+        torch.index_select(self._labels, 0, idx, out=y)
+        # Forward, as F.linear does it: addmm(b, x, Wᵀ), then ReLU in place.
+        inputs = [x]
+        for i, layer in enumerate(self.layers):
+            out = self.acts[i]
+            torch.addmm(layer.bias, inputs[-1], layer.weight.t(), out=out)
+            if i < len(self.layers) - 1:
+                out.relu_()
+            inputs.append(out)
+        logits = self.acts[-1]
+        torch._log_softmax(logits, 1, False, out=self.log_probs)
+        loss, total = torch.ops.aten.nll_loss_forward(self.log_probs, y, None, _MEAN, _IGNORE)
+        # Backward: the kernels autograd calls for nll_loss and log_softmax ...
+        g = _nll_backward(self.one, self.log_probs, y, None, _MEAN, _IGNORE, total)
+        _log_softmax_backward(g, self.log_probs, 1, logits.dtype, out=self.grad_log_probs)
+        g = self.grad_log_probs
+        # ... and for each linear layer: dW = gᵀ·in, db = Σ g, d(in) = g·W, masked by ReLU.
+        for i in range(len(self.layers) - 1, -1, -1):
+            layer = self.layers[i]
+            assert layer.weight.grad is not None and layer.bias.grad is not None
+            torch.mm(g.t(), inputs[i], out=layer.weight.grad)
+            torch.sum(g, 0, out=layer.bias.grad)
+            if i > 0:
+                below = self.grad_acts[i - 1]
+                torch.mm(g, layer.weight, out=below)
+                below.masked_fill_(inputs[i] <= 0, 0.0)
+                g = below
+        if l2:
+            torch._foreach_add_(self.weight_grads, self.l2_held, alpha=l2)
+        self._sgd(lr)
+        return loss
+
+    def _sgd(self, lr: float | torch.Tensor) -> None:
+        # As torch.optim.SGD's foreach path: p += -lr · g.
+        assert isinstance(lr, float)
+        torch._foreach_add_(self.params, self.grads, alpha=-lr)
+
+    def run(self, run: Run, n: int, losses: torch.Tensor) -> None:
+        self._images, self._labels = run.data.train.images, run.data.train.labels
+        order = _stretch_order(run, n)
+        l2 = run.config.optim.l2
+        for i in range(n):
+            run.lr = self.lr_at(run, run.step + i)
+            losses[i] = self.step_math(order[i], run.lr, l2)
+            if run.ema is not None:
+                run.ema.update()
+
+
+def _grad(p: torch.Tensor) -> torch.Tensor:
+    assert p.grad is not None
+    return p.grad
+
+
+def _stretch_order(run: Run, n: int) -> torch.Tensor:
+    """The next ``n`` batches of the data order as one ``[n, batch]`` tensor on the device (one
+    copy per stretch instead of one per step; the batcher stays the single source of order)."""
+    order = torch.stack([run.batcher.next_indices() for _ in range(n)])
+    device = run.data.train.images.device
+    if device.type == "cuda":
+        return order.pin_memory().to(device, non_blocking=True)
+    return order
+
+
+def dense_step(
+    weights: list[torch.Tensor],
+    biases: list[torch.Tensor],
+    grads: list[torch.Tensor],
+    shadows: list[torch.Tensor],
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    order: torch.Tensor,
+    lrs: torch.Tensor,
+    ema_weights: torch.Tensor,
+    losses: torch.Tensor,
+    counter: torch.Tensor,
+    l2: float,
+) -> None:
+    """One fused dense step with every per-step value read from device tables at ``counter``:
+    no host value changes between steps, so it can be compiled and captured as a graph.
+    ``grads`` (weights' then biases') receive the gradients, as ``.grad`` does on the eager
+    path; ``shadows`` (same order as the parameters, may be empty) the moving average."""
+    idx = order.index_select(0, counter).view(-1)
+    x = images.index_select(0, idx)
+    y = labels.index_select(0, idx)
+    inputs = [x]
+    last = len(weights) - 1
+    for i in range(last + 1):
+        out = torch.addmm(biases[i], inputs[-1], weights[i].t())
+        inputs.append(out.relu() if i < last else out)
+    log_probs = torch.log_softmax(inputs[-1], 1)
+    loss = torch.nn.functional.nll_loss(log_probs, y)
+    # d(mean CE)/d(logits) = (softmax - onehot) / batch
+    g = log_probs.exp()
+    g = (g - torch.nn.functional.one_hot(y, g.shape[1]).to(g.dtype)) / g.shape[0]
+    new_w: list[torch.Tensor] = [g] * (last + 1)
+    new_b: list[torch.Tensor] = [g] * (last + 1)
+    for i in range(last, -1, -1):
+        new_w[i] = g.t().mm(inputs[i]) + l2 * weights[i] if l2 else g.t().mm(inputs[i])
+        new_b[i] = g.sum(0)
+        if i > 0:
+            g = g.mm(weights[i]) * (inputs[i] > 0).to(g.dtype)
+    lr = lrs.index_select(0, counter).view(())
+    params = [*weights, *biases]
+    fresh = [*new_w, *new_b]
+    for grad, value in zip(grads, fresh, strict=True):
+        grad.copy_(value)
+    for p, grad in zip(params, fresh, strict=True):
+        p.sub_(lr * grad)
+    if shadows:
+        # shadow = d·shadow + (1-d)·param: a lerp towards the parameter by 1-d.
+        w = ema_weights.index_select(0, counter).view(())
+        for shadow, p in zip(shadows, params, strict=True):
+            shadow.add_((p - shadow) * w)
+    losses.index_copy_(0, counter, loss.view(1))
+    counter.add_(1)
+
+
+class TabledDenseEngine(FusedDenseEngine):
+    """``dense_step`` over stretches of up to ``log_every`` steps whose batch indices, learning
+    rates and EMA weights are copied to the device once per stretch; optionally compiled by
+    ``torch.compile`` and, on CUDA, captured as one graph per stretch and replayed."""
+
+    def __init__(self, run: Run, *, compile_step: bool, graphs: bool):
+        super().__init__(run)
+        t = run.config.train
+        device = run.strategy.device
+        self.chunk = max(1, t.log_every)
+        self.graphs = graphs
+        cap = self.chunk
+        self.order = torch.zeros(cap, t.batch_size, dtype=torch.int64, device=device)
+        self.lrs = torch.zeros(cap, device=device)
+        self.ema_weights = torch.zeros(cap, device=device)
+        self.losses = torch.zeros(cap, device=device)
+        self.counter = torch.zeros(1, dtype=torch.int64, device=device)
+        # The shadows in dense_step's order (weights, then biases), not the model's.
+        self.shadows: list[torch.Tensor] = []
+        if run.ema is not None:
+            position = {id(p): i for i, p in enumerate(self.params)}
+            self.shadows = [
+                run.ema.shadows[position[id(p)]] for p in (*self.weights, *self.biases)
+            ]
+        self.table_grads = [_grad(p) for p in (*self.weights, *self.biases)]
+        self.l2 = float(run.config.optim.l2)
+        self._graph: torch.cuda.CUDAGraph | None = None
+        self._one_graph: torch.cuda.CUDAGraph | None = None
+        self._step_fn: Callable[..., None] = dense_step
+        self.compiled = compile_step
+        if compile_step:
+            self._step_fn = torch.compile(dense_step, fullgraph=True, dynamic=False)
+        self._set_name()
+
+    def _set_name(self) -> None:
+        self.name = "fused+tables" + ("+compiled" if self.compiled else "")
+        self.name += "+cuda-graphs" if self.graphs else ""
+
+    @torch.no_grad()
+    def _step(self) -> None:
+        self._step_fn(
+            [w.detach() for w in self.weights],
+            [b.detach() for b in self.biases],
+            self.table_grads,
+            self.shadows,
+            self._images,
+            self._labels,
+            self.order,
+            self.lrs,
+            self.ema_weights,
+            self.losses,
+            self.counter,
+            self.l2,
+        )
+
+    def _capture(self, steps: int) -> torch.cuda.CUDAGraph:
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            for _ in range(steps):
+                self._step()
+        return graph
+
+    def _warm_up(self) -> None:
+        """Compile and warm up (on a side stream, as capture requires), then restore the state,
+        so the real weights see no extra step."""
+        state = [*self.weights, *self.biases, *self.shadows, *self.table_grads]
+        saved = [t.detach().clone() for t in state]
+        side = torch.cuda.Stream() if self.graphs else None
+        if side is not None:
+            side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side) if side is not None else contextlib.nullcontext():
+            for _ in range(3):
+                self.counter.zero_()
+                self._step()
+        if side is not None:
+            torch.cuda.current_stream().wait_stream(side)
+        with torch.no_grad():
+            for t, s in zip(state, saved, strict=True):
+                t.copy_(s)
+
+    def _prepare(self) -> None:
+        try:
+            self._warm_up()
+        except Exception as exc:  # noqa: BLE001 - compilation is an optimisation, not a need
+            if not self.compiled:
+                raise
+            import sys
+
+            print(
+                f"mnistlab: torch.compile failed ({type(exc).__name__}: "
+                f"{str(exc).splitlines()[0] if str(exc) else ''}); running the step uncompiled",
+                file=sys.stderr,
+            )
+            self._step_fn, self.compiled = dense_step, False
+            self._set_name()
+            self._warm_up()
+        if self.graphs:
+            self._graph = self._capture(self.chunk)
+            self._one_graph = self._capture(1)
+
+    def run(self, run: Run, n: int, losses: torch.Tensor) -> None:
+        self._images, self._labels = run.data.train.images, run.data.train.labels
+        assert n <= self.chunk, "a stretch is never longer than log_every"
+        first, ema = run.step, run.ema
+        lrs = [self.lr_at(run, first + i) for i in range(n)]
+        pad = [0.0] * (self.chunk - n)
+        self.order[:n].copy_(_stretch_order(run, n), non_blocking=True)
+        _to_device(self.lrs, lrs + pad)
+        if ema is not None:
+            w = [1.0 - ema_decay_at(ema.num_updates + i, ema.decay) for i in range(n)]
+            _to_device(self.ema_weights, w + pad)
+        if self._graph is None and (self.graphs or self.compiled):
+            self._prepare()
+        self.counter.zero_()
+        if self.graphs and n == self.chunk:
+            assert self._graph is not None
+            self._graph.replay()
+        else:
+            for _ in range(n):
+                if self._one_graph is not None:
+                    self._one_graph.replay()
+                else:
+                    self._step()
+        losses[:n].copy_(self.losses[:n])
+        run.lr = lrs[-1]
+        if ema is not None:
+            ema.num_updates += n
+
+
+def _to_device(table: torch.Tensor, values: list[float]) -> None:
+    host = torch.tensor(values, dtype=table.dtype)
+    if table.device.type == "cuda":
+        host = host.pin_memory()
+    table.copy_(host, non_blocking=True)
+
+
+def select_engine(run: Run) -> tuple[Engine, str | None]:
+    """The fastest engine for ``run`` and, when it is not the fused one, why."""
+    t = run.config.train
+    if not t.fused:
+        return AutogradEngine(run), "train.fused=false"
+    reason = fused_reason(run)
+    if reason is not None:
+        return AutogradEngine(run), reason
+    cuda = run.strategy.device.type == "cuda"
+    compile_step = _on(t.compile, cuda)
+    graphs = cuda and _on(t.cuda_graphs, True)
+    if compile_step or graphs:
+        return TabledDenseEngine(run, compile_step=compile_step, graphs=graphs), None
+    return FusedDenseEngine(run), None
+
+
+def _on(setting: str, default: bool) -> bool:
+    return default if setting == "auto" else setting == "on"
+
+
+def check_finite_losses(values: Sequence[float], first_step: int) -> None:
+    for offset, value in enumerate(values):
+        if not math.isfinite(value):
+            from mnistlab.errors import TrainingError
+
+            raise TrainingError(
+                f"training diverged: the loss became {value} at step {first_step + offset + 1}; "
+                "lower optim.lr (or use train.loss=stable); checkpoints written before it are kept"
+            )
