@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import multiprocessing
 import threading
+import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -22,7 +24,8 @@ FILES = {fs.filename: (SAMPLE_DIR / fs.filename).read_bytes() for fs in SPEC.fil
 
 
 class Handler(BaseHTTPRequestHandler):
-    """/404/F answers 404; /corrupt/F right size, wrong bytes; /drop/F dies halfway; /good/F works."""
+    """/404/F answers 404; /corrupt/F right size, wrong bytes; /drop/F dies halfway; /good/F works;
+    /slow/F works after 0.3 s (so that concurrent downloads overlap)."""
 
     requests: list[str] = []
     lock = threading.Lock()
@@ -38,6 +41,8 @@ class Handler(BaseHTTPRequestHandler):
         if kind == "404" or body is None:
             self.send_error(404, "Not Found")
             return
+        if kind == "slow":
+            time.sleep(0.3)
         if kind == "corrupt":
             body = bytes(b ^ 0x55 for b in body[:64]) + body[64:]
         self.send_response(200)
@@ -88,7 +93,8 @@ def test_bad_mirrors_then_good_one(server: str, tmp_path: Path) -> None:
         progress=lambda *a: calls.append(a),
     )
     assert located.source == "download" and located.directory == dest
-    assert sorted(p.name for p in dest.iterdir()) == sorted(FILES)  # no .part files left
+    # no temp files left; the lock file stays (removing a lock file others may hold is a race)
+    assert sorted(p.name for p in dest.iterdir()) == sorted([*FILES, ".download.lock"])
     for name, body in FILES.items():
         assert (dest / name).read_bytes() == body
     # Each file tried every mirror in order before the good one.
@@ -115,7 +121,7 @@ def test_only_bad_mirrors_fail_cleanly(server: str, tmp_path: Path) -> None:
     assert "connection dropped" in msg
     for kind in ("404", "corrupt", "drop"):
         assert f"{server}/{kind}/" in msg
-    assert list(dest.iterdir()) == []  # neither final-named nor .part files
+    assert [p.name for p in dest.iterdir()] == [".download.lock"]  # no data or temp files
 
 
 def test_locate_downloads_into_cache_and_reuses_it(server: str, tmp_path: Path) -> None:
@@ -155,3 +161,25 @@ def test_unreachable_mirror(tmp_path: Path) -> None:
         port = s.getsockname()[1]
     with pytest.raises(DataError, match="cannot connect"):
         download(SPEC, tmp_path / "d", mirrors=[f"http://127.0.0.1:{port}/"])
+
+
+def _download_into(dest: str, mirror: str) -> None:
+    download(SPEC, dest, mirrors=[mirror])
+
+
+def test_concurrent_downloads_take_turns(server: str, tmp_path: Path) -> None:
+    """Two processes (the ranks of a group) download into one folder: one fetches each file, the
+    other waits on the lock, then finds the files verified and fetches nothing."""
+    dest = tmp_path / "shared"
+    ctx = multiprocessing.get_context("fork")
+    procs = [
+        ctx.Process(target=_download_into, args=(str(dest), f"{server}/slow/")) for _ in range(2)
+    ]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+    assert [p.exitcode for p in procs] == [0, 0]
+    assert sorted(Handler.requests) == sorted(f"/slow/{fs.filename}" for fs in SPEC.files)
+    assert load_arrays(locate(SPEC, dest))["train_images"].shape[0] == 4000
+    assert not list(dest.glob("*.tmp")) and not list(dest.glob(".*.tmp"))

@@ -11,6 +11,8 @@ Pure functions on numpy arrays and PIL images; no model, no printing.
 
 from __future__ import annotations
 
+import os
+import stat
 import warnings
 from pathlib import Path
 
@@ -30,10 +32,27 @@ NOISE_FLOOR = 0.15
 """Ink below this (after the paper level is removed) is paper texture or JPEG noise."""
 
 
+def _require_regular_file(path: Path) -> None:
+    """Only regular files are read: opening a FIFO blocks until a writer comes, and a device can
+    stream forever; both are refused before anything opens them."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        raise DataError(f"{path}: no such file") from None
+    except OSError as exc:
+        raise DataError(f"{path}: cannot be read ({exc.strerror or exc})") from None
+    if stat.S_ISDIR(mode):
+        raise DataError(f"{path}: is a folder, not an image")
+    if not stat.S_ISREG(mode):
+        kind = "a named pipe (FIFO)" if stat.S_ISFIFO(mode) else "not a regular file"
+        raise DataError(f"{path}: is {kind}; predict reads regular image files only")
+
+
 def load_image(path: str | Path) -> np.ndarray:
     """A grey float32 array in [0, 1] (any PIL format, mode and size), or one clear ``DataError``."""
     path = Path(path)
     where = str(path)
+    _require_regular_file(path)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)

@@ -1,23 +1,27 @@
 """Download dataset files from their mirrors, verified, and atomically (urllib only).
 
-Each file is streamed into a ``.part`` temp file in the destination folder, hashed as it arrives,
-and renamed to its final name only once its size, md5 and sha256 match the published values. A
-404, a timeout, a dropped connection, a short or corrupt body: the temp file is deleted and the
-next mirror is tried. A half file never sits under a final name.
+Each file is streamed into a temp file beside its final name (``mnistlab.atomic``), hashed as it
+arrives, and renamed to its final name only once its size, md5 and sha256 match the published
+values. A 404, a timeout, a dropped connection, a short or corrupt body: the temp file is deleted
+and the next mirror is tried. A half file never sits under a final name. Processes that download
+into one folder at once (every rank of a group) take turns on a file lock there: one fetches, the
+others then find the files verified and fetch nothing.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import http.client
 import os
-import tempfile
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import BinaryIO
 
+from mnistlab.atomic import atomic_path
 from mnistlab.data.registry import DatasetSpec, FileSpec
 from mnistlab.errors import DataError
 
@@ -27,6 +31,7 @@ ProgressCallback = Callable[[str, int, int | None], None]
 TIMEOUT_S = 30.0
 _CHUNK = 1 << 16
 _USER_AGENT = "mnistlab/0.1 (dataset download; urllib)"
+LOCK_NAME = ".download.lock"
 
 
 class DownloadFailed(DataError):
@@ -108,25 +113,39 @@ def fetch_file(
     failures: list[str] = []
     for mirror in mirrors:
         url = _url(mirror, fs.filename)
-        fd, tmp_name = tempfile.mkstemp(prefix=fs.filename + ".", suffix=".part", dir=dest)
-        tmp = Path(tmp_name)
         try:
-            with os.fdopen(fd, "wb") as out:
-                md5, sha = _stream(url, out, fs, progress)
-                out.flush()
-                os.fsync(out.fileno())
-            if fs.md5 is not None and md5 != fs.md5:
-                raise _BadFile(f"md5 {md5} is not the published {fs.md5} (corrupt file)")
-            if fs.sha256 is not None and sha != fs.sha256:
-                raise _BadFile(f"sha256 {sha} is not the published {fs.sha256} (corrupt file)")
-            os.chmod(tmp, 0o644)  # mkstemp makes it private; a dataset is for everyone to read
-            os.replace(tmp, final)
+            with atomic_path(final, what="downloaded file", error=DataError) as tmp:
+                with open(tmp, "wb") as out:
+                    md5, sha = _stream(url, out, fs, progress)
+                if fs.md5 is not None and md5 != fs.md5:
+                    raise _BadFile(f"md5 {md5} is not the published {fs.md5} (corrupt file)")
+                if fs.sha256 is not None and sha != fs.sha256:
+                    raise _BadFile(f"sha256 {sha} is not the published {fs.sha256} (corrupt file)")
+                os.chmod(tmp, 0o644)  # a dataset is for everyone to read
             return final, failures
         except _BadFile as e:
             failures.append(f"{url}: {e}")
-        finally:
-            tmp.unlink(missing_ok=True)
+        except DataError as e:  # the file cannot be written here: no mirror will help
+            failures.append(str(e))
+            break
     return None, failures
+
+
+@contextlib.contextmanager
+def download_lock(dest: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``dest/.download.lock`` (fcntl): the ranks of a group, or two
+    commands, that fetch into one folder take turns; whoever comes second finds the files
+    fetched and verified, and downloads nothing."""
+    try:
+        handle = open(dest / LOCK_NAME, "a+b")  # noqa: SIM115 - held for the whole block
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+    except OSError as e:
+        why = f"cannot lock {dest / LOCK_NAME}: {e.strerror or e}"
+        raise DownloadFailed(why, [why]) from None
+    try:
+        yield
+    finally:
+        handle.close()  # releases the lock
 
 
 def fetch_dataset(
@@ -138,8 +157,9 @@ def fetch_dataset(
 ) -> dict[str, Path]:
     """Fetch every file of ``spec`` into ``dest`` (skipping ones already there and verified).
 
-    Raises DownloadFailed listing, for each file that no mirror could deliver, every mirror's
-    answer. Files that did arrive verified are kept: they are complete and correct.
+    One process at a time per folder (``download_lock``). Raises DownloadFailed listing, for each
+    file that no mirror could deliver, every mirror's answer. Files that did arrive verified are
+    kept: they are complete and correct.
     """
     if not mirrors:
         raise DownloadFailed(f"dataset {spec.name!r} has no download mirrors", ["no mirrors known"])
@@ -149,16 +169,17 @@ def fetch_dataset(
         raise DownloadFailed(f"cannot create {dest}: {e}", [f"cannot create {dest}: {e}"]) from None
     files: dict[str, Path] = {}
     attempts: list[str] = []
-    for fs in spec.files:
-        final = dest / fs.filename
-        if _already_good(fs, final):
-            files[fs.role] = final
-            continue
-        path, failures = fetch_file(fs, dest, mirrors, progress)
-        if path is None:
-            attempts.append(f"{fs.filename}: " + "; ".join(failures))
-        else:
-            files[fs.role] = path
+    with download_lock(dest):
+        for fs in spec.files:
+            final = dest / fs.filename
+            if _already_good(fs, final):
+                files[fs.role] = final
+                continue
+            path, failures = fetch_file(fs, dest, mirrors, progress)
+            if path is None:
+                attempts.append(f"{fs.filename}: " + "; ".join(failures))
+            else:
+                files[fs.role] = path
     if attempts:
         raise DownloadFailed(f"could not download {spec.name!r}", attempts)
     return files

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from mnistlab.atomic import atomic_write
 from mnistlab.errors import DataError
 
 GZIP_MAGIC = b"\x1f\x8b"
@@ -209,7 +210,7 @@ def write_idx(
     """Write ``array`` as IDX; gzip it when ``compress`` is true (default: when the name ends .gz).
 
     Gzip output uses mtime 0 and no stored name, so the same array always gives the same bytes.
-    The file is written to a temporary name and renamed, so a crash never leaves half a file.
+    Written atomically (``mnistlab.atomic``), so a crash never leaves half a file.
     """
     path = Path(path)
     if compress is None:
@@ -217,10 +218,7 @@ def write_idx(
     payload = encode_idx(array)
     if compress:
         payload = gzip.compress(payload, compresslevel=9, mtime=0)
-    tmp = path.with_name(path.name + ".part")
-    tmp.write_bytes(payload)
-    os.replace(tmp, path)
-    return path
+    return atomic_write(path, payload, what="IDX file", error=DataError)
 
 
 def _check_exists(path: str | os.PathLike[str]) -> None:

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import torch
 
-from mnistlab.io.checkpoint import atomic_write
+from mnistlab.atomic import atomic_write
+from mnistlab.errors import TrackingError
 
 
 def worst_mistakes(probs: torch.Tensor, labels: torch.Tensor, count: int = 16) -> list[int]:
@@ -79,4 +80,4 @@ def plot_evaluation(
     fig.text(0.78, 0.01, "worst mistakes: true -> predicted (confidence)", ha="center", fontsize=8)
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png")
-    return atomic_write(path, [buffer.getvalue()])
+    return atomic_write(path, buffer.getvalue(), what="evaluation plot", error=TrackingError)

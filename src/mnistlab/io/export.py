@@ -8,11 +8,9 @@ Files are written to a temporary name beside the target and renamed, like checkp
 
 from __future__ import annotations
 
-import contextlib
 import io
 import json
 import logging
-import os
 import warnings
 from pathlib import Path
 from typing import Any
@@ -20,12 +18,13 @@ from typing import Any
 import torch
 from torch import nn
 
+from mnistlab.atomic import atomic_path, atomic_write, check_writable
 from mnistlab.errors import CheckpointError
-from mnistlab.io.checkpoint import atomic_write
 
 FORMATS = {"safetensors": ".safetensors", "onnx": ".onnx", "torchscript": ".pt"}
 INPUT_NAME = "images"
 OUTPUT_NAME = "logits"
+WHAT = "export file"
 
 
 def export_safetensors(model: nn.Module, path: Path, metadata: dict[str, Any]) -> Path:
@@ -34,7 +33,7 @@ def export_safetensors(model: nn.Module, path: Path, metadata: dict[str, Any]) -
 
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     text = {k: v if isinstance(v, str) else json.dumps(v) for k, v in metadata.items()}
-    return atomic_write(path, [save(tensors, metadata=text)])
+    return atomic_write(path, save(tensors, metadata=text), what=WHAT, error=CheckpointError)
 
 
 def export_onnx(model: nn.Module, path: Path, metadata: dict[str, Any]) -> Path:
@@ -65,14 +64,8 @@ def export_onnx(model: nn.Module, path: Path, metadata: dict[str, Any]) -> Path:
     assert program is not None
     for key, value in metadata.items():
         program.model.metadata_props[key] = value if isinstance(value, str) else json.dumps(value)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.{os.getpid()}.tmp"
-    try:
+    with atomic_path(path, what=WHAT, error=CheckpointError) as tmp:
         program.save(str(tmp))
-        os.replace(tmp, path)
-    finally:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
     return path
 
 
@@ -83,13 +76,14 @@ def export_torchscript(model: nn.Module, path: Path, metadata: dict[str, Any]) -
     with warnings.catch_warnings():  # deprecated in favour of torch.export, still widely loaded
         warnings.simplefilter("ignore", DeprecationWarning)
         torch.jit.save(torch.jit.script(model), buffer, _extra_files=extra)
-    return atomic_write(path, [buffer.getvalue()])
+    return atomic_write(path, buffer.getvalue(), what=WHAT, error=CheckpointError)
 
 
 def export_model(model: nn.Module, fmt: str, path: str | Path, metadata: dict[str, Any]) -> Path:
     """Write ``model`` (in eval mode) as ``fmt`` to ``path``."""
     if fmt not in FORMATS:
         raise CheckpointError(f"unknown export format {fmt!r}: choose {', '.join(FORMATS)}")
+    check_writable(path, what=WHAT, error=CheckpointError)  # before an export that takes seconds
     model.eval()
     writer = {
         "safetensors": export_safetensors,

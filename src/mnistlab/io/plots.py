@@ -9,11 +9,13 @@ containers without a display.
 
 from __future__ import annotations
 
+import io
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mnistlab.atomic import atomic_write
 from mnistlab.errors import TrackingError
 
 METRICS_FILE = "metrics.jsonl"  # the name io.tracking writes
@@ -153,11 +155,11 @@ def plot_runs(
     fig.suptitle(title or "mnistlab: " + " vs ".join(c.label for c in all_curves))
     fig.tight_layout()
     out = Path(output)
+    buffer = io.BytesIO()
     try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(out, dpi=dpi)
-    except OSError as exc:
-        raise TrackingError(f"cannot write the figure {out}: {exc.strerror or exc}") from None
+        fig.savefig(buffer, dpi=dpi, format=out.suffix.lstrip(".").lower() or "png")
+    except ValueError as exc:  # a suffix matplotlib cannot write, e.g. .txt
+        raise TrackingError(f"cannot write the figure {out}: {exc}") from None
     finally:
         plt.close(fig)
-    return out
+    return atomic_write(out, buffer.getvalue(), what="figure", error=TrackingError)
