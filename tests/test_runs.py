@@ -409,3 +409,12 @@ def test_a_worker_records_its_error(tmp_path, monkeypatch):
     except ValueError as exc:
         launch.record_failure(exc)
     assert json.loads(path.read_text())["mnistlab"]["message"] == "ValueError: a bug"
+
+
+def test_resume_auto_may_use_a_folder_stopped_before_its_first_checkpoint(tmp_path, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.toml").write_text("# a run killed before its first checkpoint\n")
+    assert main(train_args(run)) == ConfigError.exit_code
+    assert main(train_args(run, "--resume", "auto")) == 0
+    assert "starting a new one" in capsys.readouterr().err

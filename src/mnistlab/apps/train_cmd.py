@@ -338,7 +338,9 @@ def run_train(args: argparse.Namespace) -> int:
     config = resumed.config
     _check_parallel(config)
     run_dir = Path(args.run_dir) if args.run_dir else resumed.run_dir
-    resuming = resumed.state is not None
+    # Asking to resume is leave to use the folder, even when --resume auto found nothing to go on
+    # from (a run stopped before its first checkpoint, restarted by torchrun --max-restarts).
+    resuming = bool(args.resume)
     if wants_launch(config.parallel.mode):  # start the workers, each re-running this command
         extra = check_group(config, config.parallel.workers)
         if run_dir is None:  # one name for every worker, chosen once
@@ -365,7 +367,7 @@ def _train_here(args: argparse.Namespace, resumed: Any, run_dir: Path | None) ->
         for note in resumed.notes:
             print(f"mnistlab: {note}", file=sys.stderr)
     run_dir = run_dir or run_folder.new_run_dir(config.preset)
-    resuming = resumed.state is not None
+    resuming = bool(args.resume)
     claim = (
         run_folder.claim(run_dir, resuming=resuming, overwrite=args.overwrite)
         if is_main
