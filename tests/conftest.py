@@ -1,7 +1,9 @@
-"""Shared fixtures: the bundled sample, the optional full MNIST beside the checkout, small configs."""
+"""Shared fixtures: the bundled sample, the optional full MNIST (``$MNISTLAB_DATA`` or beside the
+checkout), small configs."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -9,6 +11,24 @@ import pytest
 from mnistlab.config import Config, resolve
 
 SHARED_MNIST = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist"
+
+
+def find_full_mnist() -> Path | None:
+    """The folder of full MNIST the tests may use: ``$MNISTLAB_DATA`` (or its ``mnist/``) as
+    mnistlab itself reads it, else ``../shared/data/mnist``; None when neither holds it."""
+    env = os.environ.get("MNISTLAB_DATA")
+    places = [Path(env).expanduser() / "mnist", Path(env).expanduser()] if env else []
+    for folder in [*places, SHARED_MNIST]:
+        if any(
+            (folder / n).is_file()
+            for n in ("train-images-idx3-ubyte.gz", "train-images-idx3-ubyte")
+        ):
+            return folder
+    return None
+
+
+# Read once at import, before the autouse fixture below hides MNISTLAB_DATA from each test.
+FULL_MNIST = find_full_mnist()
 
 
 @pytest.fixture(scope="session")
@@ -21,10 +41,10 @@ def sample_splits():
 
 @pytest.fixture(scope="session")
 def shared_mnist() -> Path:
-    """Full MNIST from ../shared/data/mnist; the test is skipped when this checkout has none."""
-    if not (SHARED_MNIST / "train-images-idx3-ubyte.gz").exists():
-        pytest.skip(f"full MNIST is not beside this checkout ({SHARED_MNIST} is absent)")
-    return SHARED_MNIST
+    """Full MNIST from $MNISTLAB_DATA or ../shared/data/mnist; skipped when neither has it."""
+    if FULL_MNIST is None:
+        pytest.skip(f"full MNIST is in neither $MNISTLAB_DATA nor {SHARED_MNIST}")
+    return FULL_MNIST
 
 
 @pytest.fixture(autouse=True)

@@ -165,3 +165,14 @@ def test_folder_or_symlink_loop_in_place_of_a_file_is_named(tmp_path: Path) -> N
     assert f"{NAMES[1]} is a symlink loop" in msg
     assert f"{NAMES[2]} is a symlink to {folder / 'gone'}, which does not exist" in msg
     assert "only 1 of 4 files" in msg
+
+
+def test_full_mnist_tests_honour_mnistlab_data(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    from .conftest import SHARED_MNIST, find_full_mnist
+
+    (tmp_path / "mnist").mkdir()
+    (tmp_path / "mnist" / "train-images-idx3-ubyte.gz").write_bytes(b"")
+    monkeypatch.setenv("MNISTLAB_DATA", str(tmp_path))
+    assert find_full_mnist() == tmp_path / "mnist"
+    monkeypatch.setenv("MNISTLAB_DATA", str(tmp_path / "elsewhere"))
+    assert find_full_mnist() in (SHARED_MNIST, None)

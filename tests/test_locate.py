@@ -13,7 +13,6 @@ from mnistlab.data.locate import SAMPLE_DIR, candidate_dirs, load_arrays, locate
 from mnistlab.data.registry import DATASETS, get_dataset
 from mnistlab.errors import DataError
 
-MNIST_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist"
 SAMPLE_NAMES = [fs.filename for fs in DATASETS["mnist-sample"].files]
 
 
@@ -168,10 +167,8 @@ def test_unknown_name_suggests_nearest() -> None:
         get_dataset("fashion_mnst")
 
 
-def test_real_mnist_checksums() -> None:
-    if not MNIST_DIR.is_dir():
-        pytest.skip(f"real MNIST files not present at {MNIST_DIR} (the shared data folder)")
-    report = verify("mnist", MNIST_DIR)
+def test_real_mnist_checksums(shared_mnist: Path) -> None:
+    report = verify("mnist", shared_mnist)
     assert report.ok, report.problems
     assert all(c.checksum_ok and c.size_ok for c in report.files)
     arrays = load_arrays(report.located)
@@ -180,13 +177,11 @@ def test_real_mnist_checksums() -> None:
     assert arrays["test_labels"][:10].tolist() == [7, 2, 1, 0, 4, 1, 4, 9, 5, 9]
 
 
-def test_sample_images_are_genuine_mnist() -> None:
+def test_sample_images_are_genuine_mnist(shared_mnist: Path) -> None:
     """Each bundled image is byte-identical to the MNIST training image recorded in indices.json."""
-    if not MNIST_DIR.is_dir():
-        pytest.skip(f"real MNIST files not present at {MNIST_DIR} (the shared data folder)")
     import json
 
-    full = load_arrays(locate("mnist", MNIST_DIR))
+    full = load_arrays(locate("mnist", shared_mnist))
     sample = load_arrays(locate("mnist-sample"))
     index = json.loads((SAMPLE_DIR / "indices.json").read_text())
     for part in ("train", "test"):

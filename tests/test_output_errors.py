@@ -115,3 +115,22 @@ def test_predict_refuses_a_fifo_at_once(tmp_path):
         pytest.fail("load_image blocked on a FIFO")
     assert isinstance(outcome[0], DataError)
     assert "named pipe (FIFO)" in str(outcome[0]) and "regular image files only" in str(outcome[0])
+
+
+@pytest.mark.parametrize(
+    ("trained_on", "warned"), [("kmnist", True), ("mnist", False), ("mnist-sample", False)]
+)
+def test_eval_on_another_dataset_warns(sample_splits, tmp_path, capsys, trained_on, warned):
+    import json
+
+    folder = tmp_path / "run"
+    config = small_config(
+        "seed-softmax", "train.steps=10", "train.device=cpu", f"data.dataset={trained_on}"
+    )
+    train(config, sample_splits, callbacks=[CheckpointCallback(folder, every=0)])
+    assert main(["eval", str(folder), "--dataset", "mnist-sample", "--json"]) == 0
+    captured = capsys.readouterr()
+    result = json.loads(captured.out)
+    assert result["trained_on"] == trained_on
+    assert ("warning" in result) == warned
+    assert ("trained on kmnist but is evaluated on mnist-sample" in captured.err) == warned

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import sys
 from typing import Any
 
 import torch
@@ -85,6 +86,23 @@ def table(result: dict[str, Any], class_names: list[str]) -> str:
     return "\n".join(lines)
 
 
+# The bundled sample is drawn from MNIST itself: a model of one is fairly scored on the other.
+SAME_DATA = {"mnist": "mnist", "mnist-sample": "mnist"}
+
+
+def dataset_mismatch(trained_on: str, evaluated_on: str) -> str | None:
+    """A warning when a model is scored on another dataset than the one it learnt, else None."""
+    if trained_on == "auto":  # an old checkpoint that does not say
+        return None
+    if SAME_DATA.get(trained_on, trained_on) == SAME_DATA.get(evaluated_on, evaluated_on):
+        return None
+    return (
+        f"this model was trained on {trained_on} but is evaluated on {evaluated_on}: their "
+        f"classes differ, so the accuracy below says nothing about the model "
+        f"(use --dataset {trained_on} to score it on its own data)"
+    )
+
+
 def run_eval(args: argparse.Namespace) -> int:
     from mnistlab.apps.train_cmd import load_data
     from mnistlab.config import set_value
@@ -98,6 +116,9 @@ def run_eval(args: argparse.Namespace) -> int:
     if args.data_dir:
         config = set_value(config, "data.data_dir", args.data_dir)
     config, data = load_data(config, quiet=args.json)
+    mismatch = dataset_mismatch(ckpt.config.data.dataset, data.name)
+    if mismatch:
+        print(f"mnistlab: warning: {mismatch}", file=sys.stderr)
     split = data.split(args.split)
     progress = Progress(len(split), desc="eval", unit="digit", enabled=not args.json)
     probs = probabilities(model, split.images, progress=progress)
@@ -114,7 +135,10 @@ def run_eval(args: argparse.Namespace) -> int:
         "accuracy": summary.accuracy,
         "per_class": [None if math.isnan(a) else a for a in summary.per_class],
         "confusion": summary.confusion,
+        "trained_on": ckpt.config.data.dataset,
     }
+    if mismatch:
+        result["warning"] = mismatch
     names = list(data.class_names)
     if args.plot:
         from mnistlab.io.eval_plot import plot_evaluation
