@@ -58,8 +58,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except MnistlabError as exc:
-        kind = "" if exc.exit_code == 130 else "error: "  # a stop the user asked for
-        if exc.exit_code == 130:
+        asked = exc.exit_code in (130, 143)  # a stop the user asked for: Ctrl-C or SIGTERM
+        kind = "" if asked else "error: "
+        if asked:
             _quiet_shutdown()
         print(f"mnistlab: {kind}{exc}", file=sys.stderr)
         return exc.exit_code
