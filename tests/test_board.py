@@ -7,6 +7,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from pathlib import Path
 
 import pytest
 
@@ -64,3 +65,60 @@ def test_server_serves_the_runs_scalars(sample_splits, tmp_path):
 def test_board_command_rejects_a_missing_folder(tmp_path, capsys):
     assert main(["board", str(tmp_path / "nowhere")]) == 1
     assert "is not a folder" in capsys.readouterr().err
+
+
+def test_board_refuses_a_port_in_use(tmp_path, capsys):
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert main(["board", str(tmp_path), "--port", str(port)]) == 1
+    err = capsys.readouterr()
+    assert f"port {port} on 127.0.0.1 is already in use" in err.err
+    assert "TensorBoard at" not in err.out
+
+
+@pytest.mark.parametrize("host", ["256.1.1.1", "no-such-host.invalid"])
+def test_board_bad_host_is_one_line(tmp_path, capsys, host):
+    assert main(["board", str(tmp_path), "--host", host]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"mnistlab: error: --host {host} is not a valid address")
+    assert len(err.splitlines()) == 1
+
+
+def test_board_stops_tensorboard_on_sigterm(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mnistlab", "board", str(tmp_path), "--port", "0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        line = proc.stdout.readline()  # printed once TensorBoard answers
+        assert "TensorBoard at" in line, proc.stderr.read()
+        children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
+        assert len(children) == 1
+        child = int(children[0])
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 143
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                os.kill(child, 0)
+            except ProcessLookupError:
+                break
+            time.sleep(0.1)
+        else:
+            os.kill(child, signal.SIGKILL)
+            pytest.fail("TensorBoard outlived `mnistlab board` after SIGTERM")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

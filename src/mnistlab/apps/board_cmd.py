@@ -14,6 +14,7 @@ import argparse
 import atexit
 import contextlib
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -34,14 +35,32 @@ def _error(message: str) -> MnistlabError:
     return TrackingError(message)
 
 
+def _family(host: str) -> socket.AddressFamily:
+    """The address family of ``host``, or one clear error for a name or address that is none."""
+    try:
+        return socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)[0][0]
+    except (socket.gaierror, UnicodeError) as exc:
+        reason = exc.strerror if isinstance(exc, socket.gaierror) else str(exc)
+        raise _error(
+            f"--host {host} is not a valid address ({reason}): use 127.0.0.1 (this machine "
+            "only) or 0.0.0.0 (every network)"
+        ) from None
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
+    with socket.socket(_family(host), socket.SOCK_STREAM) as s:
+        try:
+            s.bind((host, 0))
+        except OSError as exc:
+            raise _error(
+                f"cannot serve on --host {host}: {exc.strerror or exc} (is it an address of "
+                "this machine? 127.0.0.1 or 0.0.0.0 always are)"
+            ) from None
         return int(s.getsockname()[1])
 
 
 def _port_free(host: str, port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+    with socket.socket(_family(host), socket.SOCK_STREAM) as s:
         try:
             s.bind((host, port))
         except OSError:
@@ -83,6 +102,17 @@ def start_board(
         port = DEFAULT_PORT if _port_free(host, DEFAULT_PORT) else free_port(host)
     elif port == 0:
         port = free_port(host)
+    elif not 0 < port < 65536:
+        raise _error(f"--port must be between 1 and 65535 (or 0 for any free one); got {port}")
+    else:
+        free_port(host)  # a bad --host is its own error, not "port taken"
+        if not _port_free(host, port):
+            # Another server (often another TensorBoard, serving other runs) answers there: its
+            # address must not be printed as ours.
+            raise _error(
+                f"port {port} on {host} is already in use (another TensorBoard?): choose "
+                "another --port, or --port 0 for any free one"
+            )
     log_path = Path(log) if log else Path(logdir) / "tensorboard.log"
     command = [
         sys.executable,
@@ -126,7 +156,7 @@ def start_board(
             )
         try:
             with urllib.request.urlopen(board.url + "data/logdir", timeout=2) as response:
-                if response.status == 200:
+                if response.status == 200 and process.poll() is None:
                     return board
         except OSError:
             time.sleep(0.25)
@@ -210,10 +240,34 @@ def run_board(args: argparse.Namespace) -> int:
     log = Path(tempfile.gettempdir()) / f"mnistlab-tensorboard-{os.getpid()}.log"
     board = start_board(logdir, host=args.host, port=args.port, log=log)
     print(f"TensorBoard at {board.url} (logdir {logdir}); Ctrl-C stops it", flush=True)
+    previous = _stop_on_sigterm()
     try:
         code = board.process.wait()
     except KeyboardInterrupt:
         code = 0
+    except _Terminated:
+        code = 128 + signal.SIGTERM  # 143, the convention for a TERM-ed command
     finally:
-        board.stop()
+        board.stop()  # TensorBoard runs in its own session: it never outlives this command
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+    if code not in (0, 128 + signal.SIGTERM):
+        raise _error(f"TensorBoard stopped with exit status {code} (log: {log})")
     return code
+
+
+class _Terminated(Exception):
+    """SIGTERM arrived while TensorBoard served: stop it, then exit 143."""
+
+
+def _stop_on_sigterm() -> Any:
+    """Turn SIGTERM into ``_Terminated`` so ``finally`` stops the child; the old handler, or
+    None where signals cannot be set (not the main thread)."""
+
+    def handler(signum: int, frame: object) -> None:
+        raise _Terminated
+
+    try:
+        return signal.signal(signal.SIGTERM, handler)
+    except ValueError:
+        return None
