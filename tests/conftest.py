@@ -59,5 +59,14 @@ def _isolated_cache(tmp_path_factory, monkeypatch):
 def small_config(preset: str = "seed-mlp", *overrides: str) -> Config:
     """A preset shortened for tests, with nothing written unless asked."""
     return resolve(
-        preset, None, ["train.steps=200", "train.eval_every=100", "train.log_every=50", *overrides]
+        preset,
+        None,
+        # The CPU, also on a GPU machine: these tests pin CPU behaviour (bit-equal resume).
+        [
+            "train.steps=200",
+            "train.eval_every=100",
+            "train.log_every=50",
+            "train.device=cpu",
+            *overrides,
+        ],
     )

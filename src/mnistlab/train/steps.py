@@ -65,13 +65,12 @@ class AutogradEngine(Engine):
     def run(self, run: Run, n: int, losses: torch.Tensor) -> None:
         strategy, optimizer, l2 = run.strategy, run.optimizer, run.config.optim.l2
         images, labels = run.data.train.images, run.data.train.labels
+        order = _stretch_order(run, n)
         for i in range(n):
             run.lr = self.lr_at(run, run.step + i)
             for group in optimizer.param_groups:
                 group["lr"] = run.lr
-            idx = strategy.shard(run.batcher.next_indices())
-            if idx.device != images.device:
-                idx = idx.to(images.device, non_blocking=True)
+            idx = strategy.shard(order[i])
             x, y = images.index_select(0, idx), labels.index_select(0, idx)
             optimizer.zero_grad(set_to_none=True)
             loss = strategy.forward_backward(x, y, self.loss_fn)
@@ -119,6 +118,7 @@ def fused_reason(run: Run) -> str | None:
 
 _nll_backward = torch.ops.aten.nll_loss_backward
 _log_softmax_backward = torch.ops.aten._log_softmax_backward_data
+_threshold_backward = torch.ops.aten.threshold_backward.grad_input
 _MEAN = 1  # at::Reduction::Mean
 _IGNORE = -100
 
@@ -184,7 +184,8 @@ class FusedDenseEngine(Engine):
             if i > 0:
                 below = self.grad_acts[i - 1]
                 torch.mm(g, layer.weight, out=below)
-                below.masked_fill_(inputs[i] <= 0, 0.0)
+                # ReLU's backward, as autograd does it: zero where the activation is <= 0.
+                _threshold_backward(below, inputs[i], 0.0, grad_input=below)
                 g = below
         if l2:
             torch._foreach_add_(self.weight_grads, self.l2_held, alpha=l2)
@@ -252,7 +253,7 @@ def dense_step(
     loss = torch.nn.functional.nll_loss(log_probs, y)
     # d(mean CE)/d(logits) = (softmax - onehot) / batch
     g = log_probs.exp()
-    g = (g - torch.nn.functional.one_hot(y, g.shape[1]).to(g.dtype)) / g.shape[0]
+    g = (g - torch.zeros_like(g).scatter_(1, y.view(-1, 1), 1.0)) / g.shape[0]
     new_w: list[torch.Tensor] = [g] * (last + 1)
     new_b: list[torch.Tensor] = [g] * (last + 1)
     for i in range(last, -1, -1):
@@ -297,9 +298,7 @@ class TabledDenseEngine(FusedDenseEngine):
         self.shadows: list[torch.Tensor] = []
         if run.ema is not None:
             position = {id(p): i for i, p in enumerate(self.params)}
-            self.shadows = [
-                run.ema.shadows[position[id(p)]] for p in (*self.weights, *self.biases)
-            ]
+            self.shadows = [run.ema.shadows[position[id(p)]] for p in (*self.weights, *self.biases)]
         self.table_grads = [_grad(p) for p in (*self.weights, *self.biases)]
         self.l2 = float(run.config.optim.l2)
         self._graph: torch.cuda.CUDAGraph | None = None
@@ -421,7 +420,9 @@ def select_engine(run: Run) -> tuple[Engine, str | None]:
     if reason is not None:
         return AutogradEngine(run), reason
     cuda = run.strategy.device.type == "cuda"
-    compile_step = _on(t.compile, cuda)
+    # Off unless asked: measured on one H100, the compiled step replayed slower (11.6 s for
+    # seed-mlp's 30,000 steps) than the captured eager step (5.5 s); see docs/speed.md.
+    compile_step = _on(t.compile, False)
     graphs = cuda and _on(t.cuda_graphs, True)
     if compile_step or graphs:
         return TabledDenseEngine(run, compile_step=compile_step, graphs=graphs), None
