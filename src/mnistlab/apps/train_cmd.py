@@ -67,6 +67,14 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         help="start afresh in a --run-dir that holds another run, deleting its checkpoints, "
         "metrics, events and config.toml first",
     )
+    p.add_argument(
+        "--seeds",
+        metavar="LIST",
+        help="train once per seed (1-5, 1,3,7) one after another (not side by side: on a few "
+        "cores parallel runs only slow each other), each in RUN/seed-N; then print per-seed "
+        "results and mean, sd, min/max and a 95%% confidence interval of test accuracy and "
+        "train time; Ctrl-C keeps and reports the finished seeds; no --parallel or --resume",
+    )
     add_checkpoint_args(p)
     add_tracking_args(p)
     add_parallel_args(p)
@@ -334,6 +342,10 @@ def run_train(args: argparse.Namespace) -> int:
 
     if args.overwrite and args.resume:
         raise ConfigError("--overwrite starts the run afresh and --resume continues it: pick one")
+    if getattr(args, "seeds", None):  # one run per seed, then statistics (apps/seeds.py)
+        from mnistlab.apps.seeds import run_seeds
+
+        return run_seeds(args, _parallel_overrides(args, config_from_args(args)))
     resumed = resume_state(args, _parallel_overrides(args, config_from_args(args)))
     config = resumed.config
     _check_parallel(config)
