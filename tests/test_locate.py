@@ -236,3 +236,21 @@ def test_progress_output_without_tty() -> None:
         progress("a.gz", done, 1000)
     progress("b.gz", 0, None)
     assert buf.getvalue().splitlines() == ["downloading a.gz (0.0 MB)", "downloading b.gz"]
+
+
+def test_images_of_another_shape_than_the_dataset_are_refused() -> None:
+    """A dataset's ``input_shape`` is checked against its files (models are built for it)."""
+    import dataclasses
+
+    from mnistlab.data.locate import _cross_checks
+
+    spec = dataclasses.replace(get_dataset("mnist-sample"), input_shape=(1, 32, 32))
+    arrays = {
+        "train_images": np.zeros((3, 28, 28), np.uint8),
+        "train_labels": np.zeros(3, np.uint8),
+    }
+    files = {"train_images": Path("train-images"), "train_labels": Path("train-labels")}
+    assert _cross_checks(spec, arrays, files) == [
+        "train-images: images are 28x28 but mnist-sample images are 32x32"
+    ]
+    assert _cross_checks(get_dataset("mnist-sample"), arrays, files) == []

@@ -1,9 +1,12 @@
 """Models: shapes, stage names, the classic initialisation, weights vs biases."""
 
+import pytest
 import torch
 
-from mnistlab.config import preset_config
-from mnistlab.models import build_model, weight_names
+from mnistlab.config import parameter_count, preset_config
+from mnistlab.config.model_rules import MODEL_RULES
+from mnistlab.errors import ConfigError
+from mnistlab.models import MODELS, build_model, model_spec
 
 
 def test_shapes_and_stages():
@@ -23,7 +26,6 @@ def test_mlp_initialisation_matches_the_classic_program():
     assert w.shape == (500, 784)
     assert abs(w.std().item() - 0.1) < 0.002 and abs(w.mean().item()) < 0.002
     assert torch.all(model.hidden1.linear.bias == 0.1) and torch.all(model.logits.bias == 0.1)
-    assert weight_names(model) == ["hidden1.linear.weight", "logits.weight"]
 
 
 def test_truncated_normal_stays_within_two_std():
@@ -44,3 +46,18 @@ def test_same_seed_same_weights():
 def test_softmax_biases_start_at_zero():
     model = build_model(preset_config("seed-softmax").model, seed=0)
     assert torch.all(model.logits.bias == 0)
+
+
+def test_every_model_is_registered_with_its_validation_rules():
+    assert set(MODELS) == set(MODEL_RULES) == {"softmax", "mlp", "lenet"}
+    with pytest.raises(ConfigError, match="did you mean 'lenet'"):
+        model_spec("lenett")
+
+
+def test_models_follow_the_input_shape():
+    """A model is built for its dataset's image shape; nothing assumes 28x28."""
+    for preset in ("seed-softmax", "seed-mlp", "lenet"):
+        model = build_model(preset_config(preset).model, num_classes=5, input_shape=(3, 32, 32))
+        assert model(torch.rand(2, 3 * 32 * 32)).shape == (2, 5)
+        config = preset_config(preset).model
+        assert parameter_count(config, 5, (3, 32, 32)) == sum(p.numel() for p in model.parameters())

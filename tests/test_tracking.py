@@ -11,8 +11,9 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from tensorboard.plugins.hparams import metadata as hparams_metadata
 
 from mnistlab.apps.cli import main
+from mnistlab.io.digits import misclassified_grid
 from mnistlab.io.plots import read_metrics
-from mnistlab.io.tracking import TrackingCallback, misclassified_grid
+from mnistlab.io.tracking import TrackingCallback
 from mnistlab.train import train
 
 from .conftest import small_config

@@ -372,7 +372,12 @@ def train(
         c = config.checkpoint
         every += [CheckpointCallback(folder, every=c.every, keep=c.keep), TrackingCallback(folder)]
     result = train_loop(config, data, callbacks=every)
-    module = build_model(config.model, num_classes=data.num_classes, seed=config.train.seed)
+    module = build_model(
+        config.model,
+        num_classes=data.num_classes,
+        seed=config.train.seed,
+        input_shape=data.input_shape,
+    )
     weights = recorder.weights()
     module.load_state_dict(weights)
     info = {

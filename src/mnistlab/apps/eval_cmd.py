@@ -149,7 +149,14 @@ def run_eval(args: argparse.Namespace) -> int:
         )
         result["plot"] = str(
             plot_evaluation(
-                args.plot, summary.confusion, split.images, split.labels, probs, names, title=title
+                args.plot,
+                summary.confusion,
+                split.images,
+                split.labels,
+                probs,
+                names,
+                title=title,
+                image_shape=data.input_shape,
             )
         )
     if args.json:

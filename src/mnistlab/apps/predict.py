@@ -19,9 +19,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from mnistlab.config.schema import INPUT_SHAPE
 from mnistlab.errors import DataError
 
-SIDE = 28
+SIDE = INPUT_SHAPE[1]
 BOX = 20
 CENTRE = 14.0
 """Where MNIST puts a digit's centre of mass (row and column index; mean of the test digits)."""

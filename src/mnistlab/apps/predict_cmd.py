@@ -63,7 +63,7 @@ def run_predict(args: argparse.Namespace) -> int:
     digits, files, errors = [], [], []
     for name in args.images:
         try:
-            digits.append(torch.from_numpy(image_to_digit(name)).reshape(784))
+            digits.append(torch.from_numpy(image_to_digit(name)).reshape(-1))
             files.append(name)
         except DataError as exc:
             errors.append({"file": name, "error": str(exc)})

@@ -1,6 +1,6 @@
 """Settings: the typed config tree, presets, TOML and ``--set`` overrides. Standard library only."""
 
-from mnistlab.config.checks import parameter_count, validate
+from mnistlab.config.checks import validate
 from mnistlab.config.load import (
     all_keys,
     apply_overrides,
@@ -13,6 +13,7 @@ from mnistlab.config.load import (
     to_dict,
     to_toml,
 )
+from mnistlab.config.model_rules import parameter_count
 from mnistlab.config.presets import PRESETS
 from mnistlab.config.schema import (
     CheckpointConfig,

@@ -13,24 +13,21 @@ import os
 import typing
 from dataclasses import fields
 
+from mnistlab.config.model_rules import MODEL_RULES, parameter_count
 from mnistlab.config.schema import (
     INIT_NAMES,
     LOSS_NAMES,
-    MODEL_NAMES,
     OPTIMIZER_NAMES,
     PARALLEL_MODES,
     SCHEDULES,
     SECTIONS,
     SWITCHES,
     Config,
-    ModelConfig,
 )
 from mnistlab.errors import ConfigError
 
 SEED_MAX = 2**63 - 1
 """torch takes a 64-bit seed and the loop derives others from it (seed + 1, ...): stay below."""
-INPUTS = 28 * 28
-"""Every registered dataset's image size (the MNIST family), for the parameter count."""
 
 
 def _choice(value: str, choices: tuple[str, ...], key: str) -> None:
@@ -50,21 +47,6 @@ def _check_finite(config: Config) -> None:
             value = getattr(getattr(config, section), f.name)
             if isinstance(value, float) and not math.isfinite(value):
                 raise ConfigError(f"{section}.{f.name} must be a finite number; got {value}")
-
-
-def parameter_count(model: ModelConfig, num_classes: int = 10, inputs: int = INPUTS) -> int:
-    """How many parameters ``models.build_model`` makes for ``model`` (without allocating)."""
-    if model.name == "softmax":
-        return inputs * num_classes + num_classes
-    if model.name == "lenet":
-        fc = model.hidden[0]
-        convs = (5 * 5 * 1 * 32 + 32) + (5 * 5 * 32 * 64 + 64)
-        return convs + (64 * 7 * 7 * fc + fc) + (fc * num_classes + num_classes)
-    total, width = 0, inputs
-    for size in (*model.hidden, num_classes):
-        total += width * size + size
-        width = size
-    return total
 
 
 def available_memory() -> int | None:
@@ -127,7 +109,7 @@ def validate(config: Config) -> Config:
     """Reject settings that cannot work, with the key and the reason."""
     m, o, t, p, c = config.model, config.optim, config.train, config.parallel, config.checkpoint
     _check_finite(config)
-    _choice(m.name, MODEL_NAMES, "model.name")
+    _choice(m.name, tuple(MODEL_RULES), "model.name")
     _choice(m.init, INIT_NAMES, "model.init")
     _choice(o.name, OPTIMIZER_NAMES, "optim.name")
     _choice(t.loss, LOSS_NAMES, "train.loss")
@@ -167,12 +149,9 @@ def validate(config: Config) -> Config:
         raise ConfigError(f"model.init_std must be positive; got {m.init_std}")
     if any(h < 1 for h in m.hidden):
         raise ConfigError(f"model.hidden sizes must be positive; got {m.hidden}")
-    if m.name == "mlp" and not m.hidden:
-        raise ConfigError("model.hidden must name at least one layer for the MLP (e.g. 500)")
-    if m.name == "lenet" and len(m.hidden) != 1:
-        raise ConfigError(
-            f"model.hidden for lenet is the size of its one dense layer; got {m.hidden}"
-        )
+    reason = MODEL_RULES[m.name].hidden_error(m.hidden)
+    if reason:
+        raise ConfigError(f"model.hidden {reason}")
     _check_model_size(config)
     v = config.data.validation_size
     if v is not None and v < 1:

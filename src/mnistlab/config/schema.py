@@ -9,7 +9,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-MODEL_NAMES = ("softmax", "mlp", "lenet")
+INPUT_SHAPE = (1, 28, 28)
+"""(channels, height, width) of the MNIST family's images: the default ``DatasetSpec.input_shape``
+and the shape a model is built for when no dataset is named."""
 INIT_NAMES = ("normal", "truncated_normal", "zeros")
 OPTIMIZER_NAMES = ("sgd", "momentum", "adam")
 LOSS_NAMES = ("stable", "naive")

@@ -384,6 +384,14 @@ def _cross_checks(
     tr, te = arrays.get("train_images"), arrays.get("test_images")
     if tr is not None and te is not None and tr.shape[1:] != te.shape[1:]:
         problems.append(f"train images are {tr.shape[1:]} but test images are {te.shape[1:]}")
+    c, h, w = spec.input_shape
+    expected = (h, w) if c == 1 else (h, w, c)
+    for part, imgs in (("train", tr), ("test", te)):
+        if imgs is not None and imgs.ndim > 1 and imgs.shape[1:] != expected:
+            problems.append(
+                f"{files[f'{part}_images']}: images are {'x'.join(map(str, imgs.shape[1:]))} "
+                f"but {spec.name} images are {'x'.join(map(str, expected))}"
+            )
     return problems
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import difflib
 from dataclasses import dataclass
 
+from mnistlab.config.schema import INPUT_SHAPE
 from mnistlab.errors import DataError
 
 ROLES: tuple[str, ...] = ("train_images", "train_labels", "test_images", "test_labels")
@@ -55,6 +56,8 @@ class DatasetSpec:
     files: tuple[FileSpec, ...]
     mirrors: tuple[str, ...]
     num_classes: int = 10
+    input_shape: tuple[int, int, int] = INPUT_SHAPE
+    """(channels, height, width) of one image; the IDX files must agree, models are built for it."""
     class_names: tuple[str, ...] = tuple(str(i) for i in range(10))
     license: str = ""
     homepage: str = ""

@@ -1,6 +1,7 @@
 """Train / validation / test tensors, the way TensorFlow's ``read_data_sets`` split MNIST.
 
-Images become float32 in [0, 1] (pixel / 255), flattened to 784; the first ``validation_size``
+Images become float32 in [0, 1] (pixel / 255), flattened to ``C*H*W`` (784 for the MNIST family;
+the shape is the dataset's ``input_shape``); the first ``validation_size``
 training images are the validation split. Everything lives in memory on the chosen device.
 """
 
@@ -13,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from mnistlab.config.schema import INPUT_SHAPE
 from mnistlab.data.locate import Located, ProgressCallback, load_arrays, locate
 from mnistlab.data.registry import get_dataset
 from mnistlab.errors import DataError
@@ -21,7 +23,7 @@ from mnistlab.errors import DataError
 @dataclass(frozen=True)
 class Split:
     images: torch.Tensor
-    """float32 ``[N, 784]`` in [0, 1]."""
+    """float32 ``[N, C*H*W]`` in [0, 1]."""
     labels: torch.Tensor
     """int64 ``[N]``."""
 
@@ -46,6 +48,8 @@ class Splits:
     train: Split
     validation: Split
     test: Split
+    input_shape: tuple[int, int, int] = INPUT_SHAPE
+    """(channels, height, width) of one image before flattening."""
 
     def to(self, device: torch.device | str) -> Splits:
         """The same dataset with its three splits on ``device`` (itself when already there)."""
@@ -77,6 +81,7 @@ def splits_from_arrays(
     directory: Path | None = None,
     num_classes: int = 10,
     class_names: tuple[str, ...] = (),
+    input_shape: tuple[int, int, int] = INPUT_SHAPE,
 ) -> Splits:
     """Split raw uint8 arrays (``train_images`` etc.) into the three tensors."""
     n_train = arrays["train_images"].shape[0]
@@ -95,6 +100,7 @@ def splits_from_arrays(
         train=_to_split(arrays["train_images"][v:], arrays["train_labels"][v:], device),
         validation=_to_split(arrays["train_images"][:v], arrays["train_labels"][:v], device),
         test=_to_split(arrays["test_images"], arrays["test_labels"], device),
+        input_shape=input_shape,
     )
 
 
@@ -122,4 +128,5 @@ def load_splits(
         directory=located.directory,
         num_classes=spec.num_classes,
         class_names=tuple(spec.class_names),
+        input_shape=spec.input_shape,
     )

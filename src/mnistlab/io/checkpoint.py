@@ -37,6 +37,7 @@ import torch
 
 from mnistlab import __version__
 from mnistlab.config import Config, from_dict
+from mnistlab.config.schema import INPUT_SHAPE
 from mnistlab.errors import CheckpointError, ConfigError
 from mnistlab.io.callbacks import Callback, RunView, Wants
 from mnistlab.models import StagedModel, build_model
@@ -299,10 +300,12 @@ def resolve_checkpoint(spec: str | Path) -> Path:
     )
 
 
-def load_model(spec: str | Path, *, use_ema: bool = True) -> tuple[StagedModel, Checkpoint]:
-    """The model saved in a checkpoint, rebuilt from its config, in eval mode on the CPU. EMA
-    shadows by default (what the classic programs evaluate); raw parameters if ``use_ema`` is off
-    or the run kept no average."""
+def load_model(
+    spec: str | Path, *, use_ema: bool = True, input_shape: tuple[int, int, int] = INPUT_SHAPE
+) -> tuple[StagedModel, Checkpoint]:
+    """The model saved in a checkpoint, rebuilt from its config for images of ``input_shape`` (every
+    registered dataset's is the default), in eval mode on the CPU. EMA shadows by default (what the
+    classic programs evaluate); raw parameters if ``use_ema`` is off or the run kept no average."""
     ckpt = load_checkpoint(resolve_checkpoint(spec))
     state = ckpt.state
     ema = state.get("ema") or {}
@@ -312,7 +315,12 @@ def load_model(spec: str | Path, *, use_ema: bool = True) -> tuple[StagedModel, 
     logits = tensors.get("logits.weight")
     if logits is None:
         raise CheckpointError(f"{ckpt.path} holds no 'logits.weight'; not an mnistlab model")
-    model = build_model(config.model, num_classes=int(logits.shape[0]), seed=config.train.seed)
+    model = build_model(
+        config.model,
+        num_classes=int(logits.shape[0]),
+        seed=config.train.seed,
+        input_shape=input_shape,
+    )
     try:
         model.load_state_dict(tensors, strict=True)
     except RuntimeError as exc:

@@ -13,7 +13,9 @@ from pathlib import Path
 import torch
 
 from mnistlab.atomic import atomic_write
+from mnistlab.config.schema import INPUT_SHAPE
 from mnistlab.errors import TrackingError
+from mnistlab.io.digits import digit_grid
 
 
 def worst_mistakes(probs: torch.Tensor, labels: torch.Tensor, count: int = 16) -> list[int]:
@@ -34,6 +36,7 @@ def plot_evaluation(
     class_names: Sequence[str],
     title: str = "",
     count: int = 16,
+    image_shape: tuple[int, int, int] = INPUT_SHAPE,
 ) -> Path:
     """Confusion matrix (left) and a grid of the ``count`` worst mistakes (right) as a PNG."""
     from matplotlib.figure import Figure
@@ -64,18 +67,16 @@ def plot_evaluation(
                     color="white" if value > peak / 2 else "black",
                 )
     worst = worst_mistakes(probs, labels, count)
-    for k in range(count):
-        cell = fig.add_subplot(grid[k // 4, 4 + k % 4])
-        cell.axis("off")
-        if k >= len(worst):
-            continue
-        i = worst[k]
-        p = int(probs[i].argmax())
-        cell.imshow(images[i].reshape(28, 28).cpu().numpy(), cmap="gray", vmin=0, vmax=1)
-        cell.set_title(
-            f"{class_names[int(labels[i])]} -> {class_names[p]} ({100 * float(probs[i, p]):.0f}%)",
-            fontsize=8,
-        )
+    cell = fig.add_subplot(grid[:, 4:])
+    cell.axis("off")
+    if worst:
+        captions = []
+        for i in worst:
+            p = int(probs[i].argmax())
+            truth, guess = class_names[int(labels[i])], class_names[p]
+            captions.append(f"{truth} ->\n{guess} {100 * float(probs[i, p]):.0f}%")
+        picture = digit_grid(images[worst].cpu().numpy(), captions, image_shape, cols=4, scale=4)
+        cell.imshow(picture, cmap="gray", vmin=0, vmax=255, interpolation="nearest")
     fig.suptitle(title or "evaluation")
     fig.text(0.78, 0.01, "worst mistakes: true -> predicted (confidence)", ha="center", fontsize=8)
     buffer = io.BytesIO()

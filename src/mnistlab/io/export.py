@@ -1,6 +1,6 @@
 """Export a trained model for other tools: safetensors, ONNX or TorchScript.
 
-Every format takes what the model takes: float32 images flattened to ``[N, 784]`` in [0, 1]
+Every format takes what the model takes: float32 images flattened to ``[N, C*H*W]`` in [0, 1]
 (pixel / 255, light ink on black, as MNIST), and gives ``[N, classes]`` logits. ONNX needs the
 optional extra ``pip install mnistlab[export]`` (onnx, onnxscript; onnxruntime to run it).
 Files are written to a temporary name beside the target and renamed, like checkpoints.
@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import math
 import warnings
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ import torch
 from torch import nn
 
 from mnistlab.atomic import atomic_path, atomic_write, check_writable
+from mnistlab.config.schema import INPUT_SHAPE
 from mnistlab.errors import CheckpointError
 
 FORMATS = {"safetensors": ".safetensors", "onnx": ".onnx", "torchscript": ".pt"}
@@ -36,8 +38,14 @@ def export_safetensors(model: nn.Module, path: Path, metadata: dict[str, Any]) -
     return atomic_write(path, save(tensors, metadata=text), what=WHAT, error=CheckpointError)
 
 
-def export_onnx(model: nn.Module, path: Path, metadata: dict[str, Any]) -> Path:
-    """An ONNX graph with a dynamic batch dimension (torch.export + onnxscript)."""
+def export_onnx(
+    model: nn.Module,
+    path: Path,
+    metadata: dict[str, Any],
+    input_shape: tuple[int, int, int] = INPUT_SHAPE,
+) -> Path:
+    """An ONNX graph taking flat ``[N, C*H*W]`` images of ``input_shape``, with a dynamic batch
+    dimension (torch.export + onnxscript)."""
     try:
         import onnx  # noqa: F401
         import onnxscript  # noqa: F401
@@ -46,7 +54,7 @@ def export_onnx(model: nn.Module, path: Path, metadata: dict[str, Any]) -> Path:
             "ONNX export needs the optional extra: pip install 'mnistlab[export]' "
             "(onnx, onnxscript, onnxruntime)"
         ) from None
-    example = torch.zeros(2, 784)
+    example = torch.zeros(2, math.prod(input_shape))
     # The exporter logs that optional torchvision ops are absent; irrelevant to these models.
     logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
     with warnings.catch_warnings():

@@ -45,6 +45,7 @@ from mnistlab.io.callbacks import (
     RunView,
     Wants,
 )
+from mnistlab.io.digits import misclassified_grid
 from mnistlab.io.plots import METRICS_FILE
 from mnistlab.models import build_model
 
@@ -101,27 +102,6 @@ def _finite(record: dict[str, Any]) -> dict[str, Any]:
     return {
         k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in record.items()
     }
-
-
-def misclassified_grid(
-    images: np.ndarray, labels: np.ndarray, predicted: np.ndarray, cols: int = 8, scale: int = 2
-) -> np.ndarray:
-    """An ``H x W`` uint8 grid of digits, each captioned ``"7 as 1"`` (true as predicted).
-    Grayscale: TensorBoard's writer checksums every byte in pure Python, so bytes cost time."""
-    from PIL import Image, ImageDraw
-
-    side, caption = 28 * scale, 12
-    n = len(images)
-    rows = max(1, math.ceil(n / cols))
-    grid = Image.new("L", (cols * (side + 2), rows * (side + caption + 2)), 60)
-    draw = ImageDraw.Draw(grid)
-    for i in range(n):
-        digit = (np.clip(images[i].reshape(28, 28), 0, 1) * 255).astype(np.uint8)
-        tile = Image.fromarray(digit, mode="L").resize((side, side), Image.Resampling.NEAREST)
-        x, y = (i % cols) * (side + 2) + 1, (i // cols) * (side + caption + 2) + 1
-        grid.paste(tile, (x, y + caption))
-        draw.text((x + 2, y), f"{labels[i]} as {predicted[i]}", fill=255)
-    return np.asarray(grid)
 
 
 @torch.no_grad()
@@ -239,7 +219,11 @@ class TrackingCallback(Callback):
         reach into DDP or DTensor collectives on one rank only. Tracing failures never stop
         training."""
         try:
-            model = build_model(run.config.model, num_classes=run.data.num_classes).eval()
+            model = build_model(
+                run.config.model,
+                num_classes=run.data.num_classes,
+                input_shape=run.data.input_shape,
+            ).eval()
             sample = run.data.train.images[:1].detach().to("cpu")
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
@@ -296,7 +280,10 @@ class TrackingCallback(Callback):
         if self.tensorboard and wrong is not None and len(wrong.labels):
             tiles = slice(0, GRID_TILES)
             grid = misclassified_grid(
-                wrong.images[tiles], wrong.labels[tiles], wrong.predicted[tiles]
+                wrong.images[tiles],
+                wrong.labels[tiles],
+                wrong.predicted[tiles],
+                image_shape=run.data.input_shape,
             )
         fields = {k: v for k, v in record.items() if k != "step"}
         if self._pending is not None and self._pending.get("step") == record["step"]:

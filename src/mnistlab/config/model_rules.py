@@ -1,0 +1,75 @@
+"""What settings validation knows about each registered model, without building it.
+
+The model registry (``mnistlab.models.registry``) maps a name to the builder of its stages; this
+table holds the other half of a registration that ``validate`` needs before anything is allocated:
+which ``model.hidden`` values make sense and how many parameters the model will have (for the
+memory check). It sits in ``config`` because ``config`` may import nothing above it; the registry
+refuses, at import, a model registered in one table and not the other. Adding a model: see
+``docs/architecture.md``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from mnistlab.config.schema import INPUT_SHAPE, ModelConfig
+
+Shape = tuple[int, int, int]
+"""(channels, height, width) of one image, as on a dataset's ``DatasetSpec.input_shape``."""
+
+
+@dataclass(frozen=True)
+class ModelRules:
+    name: str
+    parameter_count: Callable[[ModelConfig, Shape, int], int]
+    """Parameters ``build_model`` makes for (settings, input shape, number of classes)."""
+    hidden_error: Callable[[tuple[int, ...]], str | None] = lambda hidden: None
+    """Why ``model.hidden`` does not fit this model (``None``: it fits)."""
+
+
+def _dense_count(widths: tuple[int, ...], inputs: int, classes: int) -> int:
+    total, width = 0, inputs
+    for size in (*widths, classes):
+        total += width * size + size
+        width = size
+    return total
+
+
+def _inputs(shape: Shape) -> int:
+    c, h, w = shape
+    return c * h * w
+
+
+def _lenet_count(model: ModelConfig, shape: Shape, classes: int) -> int:
+    c, h, w = shape
+    fc = model.hidden[0]
+    convs = (5 * 5 * c * 32 + 32) + (5 * 5 * 32 * 64 + 64)
+    return convs + (64 * (h // 4) * (w // 4) * fc + fc) + (fc * classes + classes)
+
+
+MODEL_RULES: dict[str, ModelRules] = {
+    rules.name: rules
+    for rules in (
+        ModelRules("softmax", lambda m, s, k: _dense_count((), _inputs(s), k)),
+        ModelRules(
+            "mlp",
+            lambda m, s, k: _dense_count(m.hidden, _inputs(s), k),
+            lambda h: None if h else "must name at least one layer for the MLP (e.g. 500)",
+        ),
+        ModelRules(
+            "lenet",
+            _lenet_count,
+            lambda h: (
+                None if len(h) == 1 else f"for lenet is the size of its one dense layer; got {h}"
+            ),
+        ),
+    )
+}
+
+
+def parameter_count(
+    model: ModelConfig, num_classes: int = 10, input_shape: Shape = INPUT_SHAPE
+) -> int:
+    """How many parameters ``models.build_model`` makes for ``model`` (without allocating)."""
+    return MODEL_RULES[model.name].parameter_count(model, input_shape, num_classes)
