@@ -238,6 +238,23 @@ def test_progress_output_without_tty() -> None:
     assert buf.getvalue().splitlines() == ["downloading a.gz (0.0 MB)", "downloading b.gz"]
 
 
+def test_download_progress_on_a_terminal_is_the_shared_bar() -> None:
+    import io
+
+    from mnistlab.apps.data_cmd import download_progress
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    buf = Terminal()
+    progress = download_progress(buf)
+    for done in (0, 1_000_000, 2_000_000):
+        progress("a.gz", done, 2_000_000)
+    last = buf.getvalue().split("\r\033[K")[-1]
+    assert last.startswith("a.gz  [####") and "100.0% 2/2 MB" in last and last.endswith("\n")
+
+
 def test_images_of_another_shape_than_the_dataset_are_refused() -> None:
     """A dataset's ``input_shape`` is checked against its files (models are built for it)."""
     import dataclasses

@@ -271,10 +271,11 @@ def test_fewer_gpus_than_workers_with_device_cuda_gives_the_choices(monkeypatch,
 
 def test_torchrun_workers_on_too_few_gpus_use_gloo(monkeypatch, capsys):
     from mnistlab.parallel import dist
+    from mnistlab.parallel.device import gpu_shortfall
 
     fake_gpus(monkeypatch, 1)
-    assert dist.gpu_shortfall("auto", 2) == 1
-    assert dist.gpu_shortfall("cpu", 2) is None and dist.gpu_shortfall("auto", 1) is None
+    assert gpu_shortfall("auto", 2) == 1
+    assert gpu_shortfall("cpu", 2) is None and gpu_shortfall("auto", 1) is None
     monkeypatch.setenv("RANK", "0")
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("LOCAL_RANK", "0")

@@ -359,7 +359,7 @@ def train(
     from mnistlab.io.console import ConsoleCallback
     from mnistlab.io.tracking import TrackingCallback
     from mnistlab.models import build_model
-    from mnistlab.train import resolve_device
+    from mnistlab.parallel.device import resolve_device
     from mnistlab.train import train as train_loop
 
     config = make_config(preset, **settings)

@@ -1,5 +1,5 @@
-"""One atomic file writer for everything mnistlab writes: IDX files, exports, plots (checkpoints
-use their own in ``io/checkpoint.py``, same recipe).
+"""One atomic file writer for everything mnistlab writes: checkpoints, IDX files, downloads,
+exports, plots.
 
 A reader sees the old file or the whole new one, never a half: the bytes go to a temp file in the
 target's folder (same file system, so the rename is atomic), are flushed and fsynced, and the temp

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from typing import TextIO
 
 from mnistlab.data.locate import (
@@ -27,6 +26,7 @@ from mnistlab.data.locate import (
 )
 from mnistlab.data.registry import DATASETS, DatasetSpec, get_dataset
 from mnistlab.errors import DataError
+from mnistlab.io.progress import Progress
 
 
 def add_data_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -158,31 +158,29 @@ def _verify(report: VerifyReport) -> int:
 
 
 def download_progress(stream: TextIO | None = None) -> ProgressCallback:
-    """A progress callback for downloads: a live ``\\r`` bar on a TTY, one line per file otherwise."""
+    """A progress callback for downloads (``io.progress.Progress``, one bar per file): a live bar
+    on a terminal, one ``downloading FILE (SIZE)`` line per file elsewhere."""
     out = stream if stream is not None else sys.stderr
     tty = hasattr(out, "isatty") and out.isatty()
-    current = ""
-    last_draw = 0.0
+    bars: dict[str, Progress] = {}
 
     def progress(filename: str, done: int, total: int | None) -> None:
-        nonlocal current, last_draw
-        finished = total is not None and done >= total
-        if not tty:
-            if done == 0 and filename != current:
-                current = filename
+        bar = bars.get(filename)
+        if bar is None:
+            if not tty:
                 size = f" ({total / 1e6:.1f} MB)" if total else ""
                 print(f"downloading {filename}{size}", file=out, flush=True)
-            return
-        now = time.monotonic()
-        if not finished and now - last_draw < 0.1 and done:
-            return  # redraw at most ten times a second
-        last_draw = now
-        if total:
-            frac = min(done / total, 1.0)
-            bar = "#" * int(frac * 30)
-            text = f"{filename} [{bar:<30}] {frac:4.0%} {done / 1e6:.1f}/{total / 1e6:.1f} MB"
-        else:
-            text = f"{filename} {done / 1e6:.1f} MB"
-        print("\r" + text.ljust(72), end="\n" if finished else "", file=out, flush=True)
+            bar = bars[filename] = Progress(
+                total,
+                desc=filename,
+                unit="byte",
+                stream=out,
+                enabled=tty,
+                scale=1e-6,
+                unit_label="MB",
+            )
+        bar.update(done - bar.n)
+        if total is not None and done >= total:
+            bar.close()
 
     return progress

@@ -288,7 +288,7 @@ def load_data(config: Config, *, quiet: bool = False) -> tuple[Config, Any]:
     from mnistlab.data import load_splits
     from mnistlab.data.locate import DatasetNotFound
     from mnistlab.data.registry import get_dataset
-    from mnistlab.train import resolve_device
+    from mnistlab.parallel.device import resolve_device
 
     d = config.data
     device = resolve_device(config.train.device)

@@ -25,7 +25,6 @@ import contextlib
 import hashlib
 import io
 import json
-import os
 import re
 import sys
 import time
@@ -36,6 +35,7 @@ from typing import Any
 import torch
 
 from mnistlab import __version__
+from mnistlab.atomic import atomic_path
 from mnistlab.config import Config, from_dict
 from mnistlab.config.schema import INPUT_SHAPE
 from mnistlab.errors import CheckpointError, ConfigError
@@ -56,16 +56,6 @@ def step_name(step: int) -> str:
 
 
 # -- writing ---------------------------------------------------------------------------------------
-def _fsync_dir(folder: Path) -> None:
-    """Make the rename itself durable (POSIX); a no-op where folders cannot be opened."""
-    with contextlib.suppress(OSError):
-        fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
 def _write_all(handle: Any, data: bytes | memoryview) -> None:
     """Write in chunks (a separate function so tests can stop a save half-way)."""
     view = memoryview(data)
@@ -74,31 +64,16 @@ def _write_all(handle: Any, data: bytes | memoryview) -> None:
 
 
 def atomic_write(path: str | Path, parts: list[bytes]) -> Path:
-    """Write ``parts`` to ``path`` so that readers see the old file or the whole new one, never
-    a half: temp file in the same folder (same file system, so the rename is atomic), flush,
-    fsync, ``os.replace``, fsync the folder. The temp file is removed if anything goes wrong,
-    including a second Ctrl-C."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.{os.getpid()}.tmp"
-    try:
-        with open(tmp, "wb") as handle:
-            for part in parts:
-                _write_all(handle, part)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException as exc:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        if isinstance(exc, OSError):
-            raise CheckpointError(
-                f"cannot write checkpoint {path}: {exc.strerror or exc}; "
-                "check the folder exists, is writable and has space"
-            ) from None
-        raise
-    _fsync_dir(path.parent)
-    return path
+    """Write ``parts`` to ``path`` so that readers see the old file or the whole new one, never a
+    half: ``mnistlab.atomic``'s recipe (temp file beside it, fsync, rename, fsync the folder); the
+    temp file is removed if anything goes wrong, including a second Ctrl-C."""
+    with (
+        atomic_path(path, what="checkpoint", error=CheckpointError) as tmp,
+        open(tmp, "wb") as handle,
+    ):
+        for part in parts:
+            _write_all(handle, part)
+    return Path(path)
 
 
 def _digest(header: dict[str, Any], payload: bytes | memoryview) -> str:

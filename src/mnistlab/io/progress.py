@@ -92,9 +92,6 @@ class Progress:
             self.stream.write(self.line() + "\n")
             self.stream.flush()
 
-    def set(self, n: int, *, postfix: str | None = None) -> None:
-        self.update(n - self.n, postfix=postfix)
-
     def write(self, text: str) -> None:
         """Print a line above the bar without breaking it."""
         if self.tty and self._drawn:

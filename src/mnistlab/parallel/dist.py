@@ -31,6 +31,7 @@ import torch.distributed as dist
 
 from mnistlab.errors import ParallelError
 from mnistlab.parallel.base import Strategy
+from mnistlab.parallel.device import resolve_device
 
 TIMEOUT_ENV = "MNISTLAB_DIST_TIMEOUT"
 STEP_TIMEOUT_ENV = "MNISTLAB_STEP_TIMEOUT"
@@ -56,15 +57,6 @@ def _seconds(name: str, default: float) -> float:
     if value <= 0:
         raise ParallelError(f"{name} must be a positive number of seconds; got {raw}")
     return value
-
-
-def gpu_shortfall(device: str, workers: int) -> int | None:
-    """The number of GPUs when ``device`` would put ``workers`` local ranks on CUDA and there are
-    fewer GPUs than that (two ranks on one GPU fail inside NCCL); ``None`` when all is well."""
-    if device == "cpu" or workers <= 1 or not torch.cuda.is_available():
-        return None
-    count = torch.cuda.device_count()
-    return count if count < workers else None
 
 
 @dataclass(frozen=True)
@@ -98,31 +90,10 @@ def init_group(device: str = "auto") -> GroupInfo:
         )
     local_rank = int(env.get("LOCAL_RANK", "0"))
     local_world = int(env.get("LOCAL_WORLD_SIZE", "1"))
-    use_cuda = (device in ("auto", "cuda") and torch.cuda.is_available()) or device.startswith(
-        "cuda:"
-    )
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ParallelError("train.device asks for CUDA but torch sees no CUDA device")
-    shortfall = gpu_shortfall(device, local_world) if use_cuda else None
-    if shortfall is not None:
-        if device != "auto":
-            raise ParallelError(
-                f"{local_world} workers on this machine with train.device={device} need "
-                f"{local_world} GPUs (one each) and it has {shortfall}: start {shortfall} "
-                "per machine (--nproc-per-node), or add --device cpu to train on the CPU (gloo)"
-            )
-        if local_rank == 0:
-            print(
-                f"mnistlab: {local_world} workers on this machine but {shortfall} GPU(s) (one "
-                "each is needed): training on the CPU with gloo instead",
-                file=sys.stderr,
-            )
-        use_cuda = False
-    if use_cuda:
-        torch.cuda.set_device(local_rank % torch.cuda.device_count())
+    place = resolve_device(device, local_rank=local_rank, local_world=local_world)
+    if place.type == "cuda":
+        torch.cuda.set_device(place)
         place = torch.device("cuda", torch.cuda.current_device())
-    else:
-        place = torch.device("cpu")
     if not dist.is_initialized():
         timeout = datetime.timedelta(seconds=_seconds(TIMEOUT_ENV, 300.0))
         backend = "nccl" if place.type == "cuda" else "gloo"

@@ -36,7 +36,8 @@ from types import FrameType
 from typing import TYPE_CHECKING
 
 from mnistlab.errors import ConfigError, ParallelError
-from mnistlab.parallel.dist import HANG_EXIT_CODE, gpu_shortfall, under_torchrun
+from mnistlab.parallel.device import gpu_shortfall
+from mnistlab.parallel.dist import HANG_EXIT_CODE, under_torchrun
 
 if TYPE_CHECKING:
     from mnistlab.config import Config
