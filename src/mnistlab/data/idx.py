@@ -123,16 +123,6 @@ def _gzip_stream(path: str | os.PathLike[str], limit: int) -> Iterator[bytes]:
         raise DataError(f"{path}: truncated gzip stream (ends before its end marker)")
 
 
-def read_raw_bytes(path: str | os.PathLike[str], limit: int) -> bytes:
-    """The file's content (decompressed if gzip), refusing anything longer than ``limit``."""
-    if is_gzip(path):
-        return b"".join(_gzip_stream(path, limit))
-    size = os.path.getsize(path)
-    if size > limit:
-        raise DataError(f"{path}: file is {size} bytes, more than the {limit} expected")
-    return Path(path).read_bytes()
-
-
 def _read_head(path: str | os.PathLike[str], gz: bool) -> bytes:
     """The first up to 20 bytes of content (the largest possible IDX header).
 

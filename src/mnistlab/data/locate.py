@@ -266,7 +266,6 @@ class FileCheck:
     size_ok: bool | None = None  # None: not comparable (uncompressed or repackaged)
     checksum_ok: bool | None = None  # None: no published checksum for this form
     checksum_note: str = ""
-    header_ok: bool = False
     shape: tuple[int, ...] | None = None
     problems: list[str] = field(default_factory=list)
 
@@ -347,7 +346,7 @@ def _check_file(fs: FileSpec, path: Path, checksums: bool) -> tuple[FileCheck, n
     arr: np.ndarray | None = None
     try:
         arr = read_idx(path)
-        check.header_ok, check.shape = True, tuple(arr.shape)
+        check.shape = tuple(arr.shape)
     except DataError as e:
         check.problems.append(str(e))
     if checksums:

@@ -174,6 +174,3 @@ class Strategy:
 
     def barrier(self) -> None:
         return None
-
-    def close(self) -> None:
-        return None

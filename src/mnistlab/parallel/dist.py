@@ -256,9 +256,6 @@ class DistributedStrategy(Strategy):
     def barrier(self) -> None:
         dist.barrier()
 
-    def close(self) -> None:
-        destroy_group()
-
     @property
     def _comm_device(self) -> torch.device:
         """Where small control tensors live: NCCL needs them on the GPU."""

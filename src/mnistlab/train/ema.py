@@ -8,7 +8,6 @@ parameters and are updated in place with one foreach lerp after each optimizer s
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 import torch
 
@@ -38,16 +37,3 @@ class EMA:
         # shadow = d * shadow + (1 - d) * param  ==  lerp(shadow, param, 1 - d)
         torch._foreach_lerp_(self.shadows, self._targets, 1.0 - d)
         self.num_updates += 1
-
-    def state_dict(self) -> dict[str, Any]:
-        return {
-            "num_updates": self.num_updates,
-            "decay": self.decay,
-            "shadows": [s.clone() for s in self.shadows],
-        }
-
-    @torch.no_grad()
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.num_updates = int(state["num_updates"])
-        for shadow, saved in zip(self.shadows, state["shadows"], strict=True):
-            shadow.copy_(saved)
