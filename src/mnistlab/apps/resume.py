@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from mnistlab.apps.flags import override_keys
 from mnistlab.config import Config, set_value, validate
 from mnistlab.errors import CheckpointError, ConfigError
 
@@ -38,21 +39,8 @@ def _explicit_settings(args: argparse.Namespace, config: Config) -> dict[str, An
     """``{key: value}`` for what this command line sets itself (values as resolved in ``config``)."""
     from mnistlab.config import flat_dict
 
-    keys = [item.split("=", 1)[0].strip() for item in args.overrides if "=" in item]
-    flags = {
-        "dataset": "data.dataset",
-        "data_dir": "data.data_dir",
-        "device": "train.device",
-        "checkpoint_every": "checkpoint.every",
-        "keep": "checkpoint.keep",
-        "parallel": "parallel.mode",
-        "workers": "parallel.workers",
-        "schedule": "parallel.schedule",
-        "microbatches": "parallel.microbatches",
-    }
-    keys += [key for flag, key in flags.items() if getattr(args, flag, None) is not None]
     flat = flat_dict(config)
-    return {key: flat[key] for key in keys if key in flat}
+    return {key: flat[key] for key in override_keys(args) if key in flat}
 
 
 @dataclass(frozen=True)
@@ -143,9 +131,6 @@ def resume_state(args: argparse.Namespace, config: Config) -> Resumed:
     from mnistlab.config import flat_dict
     from mnistlab.io.checkpoint import load_checkpoint, resolve_checkpoint
 
-    for flag, key in (("checkpoint_every", "checkpoint.every"), ("keep", "checkpoint.keep")):
-        if getattr(args, flag, None) is not None:
-            config = validate(set_value(config, key, getattr(args, flag)))
     spec = getattr(args, "resume", None)
     if not spec:
         return Resumed(config)

@@ -10,8 +10,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from mnistlab.apps.flags import flag_settings
 from mnistlab.apps.resume import resume_state
-from mnistlab.config import PRESETS, Config, all_keys, resolve, set_value, to_toml, validate
+from mnistlab.config import PRESETS, Config, all_keys, resolve, set_value, to_toml
 from mnistlab.config.schema import PARALLEL_MODES, SCHEDULES
 from mnistlab.errors import ConfigError
 
@@ -189,19 +190,6 @@ def add_parallel_args(p: argparse.ArgumentParser) -> None:
     )
 
 
-def _parallel_overrides(args: argparse.Namespace, config: Config) -> Config:
-    for flag, key in (
-        ("parallel", "parallel.mode"),
-        ("workers", "parallel.workers"),
-        ("schedule", "parallel.schedule"),
-        ("microbatches", "parallel.microbatches"),
-    ):
-        value = getattr(args, flag, None)
-        if value is not None:
-            config = set_value(config, key, value)
-    return validate(config)
-
-
 def _check_parallel(config: Config) -> None:
     """After resume (whose checkpoint may supply the mode): workers need a parallel mode."""
     p = config.parallel
@@ -210,13 +198,6 @@ def _check_parallel(config: Config) -> None:
             f"--workers {p.workers} needs a parallel mode: add --parallel data "
             "(or async, tensor, pipeline)"
         )
-
-
-def make_strategy(args: argparse.Namespace, config: Config) -> Any:
-    """The strategy for ``config.parallel.mode``; ``None`` means one process."""
-    from mnistlab.parallel import make_parallel_strategy
-
-    return make_parallel_strategy(config)
 
 
 def prepare_run_dir(path: Path, config: Config, is_main: bool) -> Path:
@@ -233,18 +214,12 @@ def prepare_run_dir(path: Path, config: Config, is_main: bool) -> Path:
 
 
 def config_from_args(args: argparse.Namespace) -> Config:
-    overrides = list(args.overrides)
-    config = resolve(args.preset, args.config, overrides)
-    if args.dataset:
-        config = set_value(config, "data.dataset", args.dataset)
-    if args.data_dir:
-        config = set_value(config, "data.data_dir", args.data_dir)
-    if args.device:
-        config = set_value(config, "train.device", args.device)
+    """Preset, --config, --set, then the flags that are settings (``apps.flags``), validated once."""
+    config = resolve(args.preset, args.config, list(args.overrides), flag_settings(args))
     if config.data.data_dir:  # saved into checkpoints: keep it valid from any working folder
         absolute = str(Path(config.data.data_dir).expanduser().absolute())
         config = set_value(config, "data.data_dir", absolute)
-    return validate(config)
+    return config
 
 
 # Settings that count steps: on the sample fallback they are scaled to its size (_fit_to_sample).
@@ -345,8 +320,8 @@ def run_train(args: argparse.Namespace) -> int:
     if getattr(args, "seeds", None):  # one run per seed, then statistics (apps/seeds.py)
         from mnistlab.apps.seeds import run_seeds
 
-        return run_seeds(args, _parallel_overrides(args, config_from_args(args)))
-    resumed = resume_state(args, _parallel_overrides(args, config_from_args(args)))
+        return run_seeds(args, config_from_args(args))
+    resumed = resume_state(args, config_from_args(args))
     config = resumed.config
     _check_parallel(config)
     run_dir = Path(args.run_dir) if args.run_dir else resumed.run_dir
@@ -368,10 +343,11 @@ def _train_here(args: argparse.Namespace, resumed: Any, run_dir: Path | None) ->
     """Train in this process: alone, or as one worker of a group."""
     from mnistlab.apps import run_folder
     from mnistlab.io.console import ConsoleCallback, summary_table
+    from mnistlab.parallel import make_parallel_strategy
     from mnistlab.train import train
 
     config = resumed.config
-    strategy = make_strategy(args, config)
+    strategy = make_parallel_strategy(config)  # None: one process
     is_main = strategy is None or strategy.is_main
     if strategy is not None:  # what the group really is, so a resume can start it again
         config = set_value(config, "parallel.workers", int(getattr(strategy, "world_size", 1)))

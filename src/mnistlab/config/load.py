@@ -11,6 +11,7 @@ import math
 import sys
 import types
 import typing
+from collections.abc import Mapping
 from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any
@@ -261,8 +262,10 @@ def resolve(
     preset: str | None = None,
     config_file: str | Path | None = None,
     overrides: list[str] | None = None,
+    settings: Mapping[str, Any] | None = None,
 ) -> Config:
-    """Preset, then TOML file, then overrides; then ``validate``.
+    """Preset, then TOML file, then ``KEY=VALUE`` overrides, then ``settings`` (``{key: value}``,
+    what the command line's own flags set); then ``validate``, once.
 
     A preset given explicitly and a different one named in the file are refused rather than one
     silently winning: the file's settings were written for its own preset.
@@ -282,4 +285,6 @@ def resolve(
     if config is None:
         config = preset_config("seed-mlp")
     config = apply_overrides(config, list(overrides or []))
+    for key, value in (settings or {}).items():
+        config = set_value(config, key, value)
     return validate(config)
