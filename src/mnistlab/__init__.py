@@ -1,6 +1,6 @@
 """mnistlab: MNIST-family classifiers trained exactly as the classic TensorFlow programs did.
 
-The package is layered (see DESIGN.md): ``config`` < ``data``, ``models`` < ``parallel``, ``io``
+The package is layered (see docs/architecture.md): ``config`` < ``data``, ``models`` < ``parallel``, ``io``
 < ``train`` < ``apps``. Nothing heavy runs at import time.
 
 The Python API (``mnistlab.api``, README "Python API")::

@@ -1,4 +1,4 @@
-"""The named starting points: the classic TensorFlow programs, reproduced exactly (DESIGN.md §2).
+"""The named starting points: the classic TensorFlow programs, reproduced exactly (README, "Presets").
 
 Each preset is a small function that overrides the defaults; everything stays overridable.
 """

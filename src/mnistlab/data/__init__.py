@@ -1,6 +1,6 @@
 """Datasets: IDX files, the registry of known datasets, finding/downloading/verifying, splits, batches.
 
-Offline first (DESIGN §3): ``locate`` looks in ``--data-dir``/``$MNISTLAB_DATA``, the user cache and
+Offline first: ``locate`` looks in ``--data-dir``/``$MNISTLAB_DATA``, the user cache and
 ``/usr/share/datasets`` before it downloads; ``load_arrays`` verifies everything before training.
 """
 

@@ -1,6 +1,6 @@
 """Find a dataset's four files offline first, download them only as a last resort, verify them.
 
-Lookup order (DESIGN §3): an explicit ``data_dir`` (else ``$MNISTLAB_DATA``), the user cache
+Lookup order: an explicit ``data_dir`` (else ``$MNISTLAB_DATA``), the user cache
 (``$XDG_CACHE_HOME/mnistlab/<name>`` or ``~/.cache/mnistlab/<name>``), the system folder
 (``/usr/share/datasets/<name>``, root overridable by ``$MNISTLAB_SYSTEM_DATA``), then a download
 into the cache. ``mnist-sample`` lives inside the package. Each folder is tried as

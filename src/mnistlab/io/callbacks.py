@@ -3,7 +3,7 @@
 Defined here, below ``train``, so that checkpointing, tracking and console output (all in ``io``)
 can implement them without importing the loop.
 
-The contract (DESIGN §1, "who does collective work"): the loop performs every operation that
+The contract (docs/architecture.md, "How the loop, engines and callbacks meet"): the loop performs every operation that
 involves more than one rank — evaluations, the predictions a callback wants to draw, the new-best
 decision, the stop flag, consolidating the state for a checkpoint — on every rank, at the same
 boundaries, and hands the finished results to the callbacks. A callback only writes, and only on

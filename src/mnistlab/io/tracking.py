@@ -1,6 +1,6 @@
 """TensorBoard events and a ``metrics.jsonl`` for every run, written by one callback.
 
-What lands in the run folder (main rank only; DESIGN §5):
+What lands in the run folder (main rank only; docs/tracking.md):
 
 - scalars ``train/loss`` (mean of the last ``log_every`` steps, L2 included), ``train/loss_smoothed``,
   ``train/data_loss``, ``train/learning_rate``, ``train/batch_accuracy``, ``train/ema_decay``,

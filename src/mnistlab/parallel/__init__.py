@@ -1,4 +1,4 @@
-"""Parallel modes as strategies the one training loop is handed (DESIGN.md §4, docs/parallel.md).
+"""Parallel modes as strategies the one training loop is handed (docs/parallel.md, docs/architecture.md).
 
 ``make_parallel_strategy(config)`` picks one for ``parallel.mode``; the modes' modules (DDP,
 DTensor, pipelining) are imported only when asked for, so one-process runs stay light::
