@@ -83,11 +83,11 @@ def data_folder(dataset: str, data_dir: str | None) -> tuple[str, int]:
     raise SystemExit(f"--data-dir is needed for {dataset}")
 
 
-# -- one run, in a child process ------------------------------------------------------------------
-def run_one(args: argparse.Namespace) -> dict[str, Any]:
-    program = PROGRAMS[args.program]
+# -- one framework's runs, in a child process --------------------------------------------------
+def run_one(framework: str, program_name: str, args: argparse.Namespace) -> dict[str, Any]:
+    program = PROGRAMS[program_name]
     steps = args.steps or program.steps
-    if args.run == "mnistlab":
+    if framework == "mnistlab":
         from ports import mnistlab_entry
 
         return mnistlab_entry.run(
@@ -95,30 +95,38 @@ def run_one(args: argparse.Namespace) -> dict[str, Any]:
         )
     folder, validation = data_folder(args.dataset, args.data_dir)
     data = load(folder, validation)
-    if args.run == "pytorch":
+    if framework == "pytorch":
         from ports import torch_plain as port
-    elif args.run == "tf-v1":
+    elif framework == "tf-v1":
         from ports import tf_v1 as port  # type: ignore[no-redef]
-    elif args.run == "keras":
+    elif framework == "keras":
         from ports import keras_fit as port  # type: ignore[no-redef]
     else:
         from ports import jax_optax as port  # type: ignore[no-redef]
     return port.run(program, data, steps, args.seed, args.threads)
 
 
-def spawn(framework: str, program: str, args: argparse.Namespace) -> dict[str, Any]:
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--run", framework, "--program", program]
-    cmd += ["--dataset", args.dataset, "--seed", str(args.seed), "--threads", str(args.threads)]
+def spawn(framework: str, programs: list[str], args: argparse.Namespace) -> list[dict[str, Any]]:
+    """Run ``programs`` in ``framework`` in one child process (one import of the framework);
+    each finished program comes back as one JSON line."""
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--run", framework]
+    cmd += ["--programs", ",".join(programs), "--dataset", args.dataset]
+    cmd += ["--seed", str(args.seed), "--threads", str(args.threads)]
     cmd += ["--data-dir", args.data_dir] if args.data_dir else []
     cmd += ["--steps", str(args.steps)] if args.steps else []
     env = {**os.environ, **CHILD_ENV}
     env["PYTHONPATH"] = os.pathsep.join([str(HERE.parent / "src"), env.get("PYTHONPATH", "")])
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=args.timeout)
-    lines = done.stdout.strip().splitlines()
-    if done.returncode != 0 or not lines:
-        tail = "\n".join(done.stderr.strip().splitlines()[-5:])
-        return {"framework": framework, "program": program, "error": tail or "no output"}
-    return json.loads(lines[-1])
+    rows = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+    if done.returncode != 0:
+        tail = "\n".join(done.stderr.strip().splitlines()[-5:]) or "no output"
+        finished = {r["program"] for r in rows}
+        rows += [
+            {"framework": framework, "program": p, "error": tail}
+            for p in programs
+            if p not in finished
+        ]
+    return rows
 
 
 # -- the report -----------------------------------------------------------------------------------
@@ -197,6 +205,8 @@ def compare(args: argparse.Namespace) -> int:
     if unknown:
         raise SystemExit(f"unknown framework {unknown[0]}: choose from {', '.join(FRAMEWORKS)}")
     programs = args.programs.split(",")
+    if any(p not in PROGRAMS for p in programs):
+        raise SystemExit(f"--programs takes {', '.join(PROGRAMS)}; got {args.programs}")
     where = f"{args.dataset}" + (f" from {args.data_dir}" if args.data_dir else "")
     print(f"machine: {machine()}\ndata: {where}; seed {args.seed}", flush=True)
     rows, skipped = [], {}
@@ -206,13 +216,12 @@ def compare(args: argparse.Namespace) -> int:
             skipped[framework] = why
             print(f"skipped {framework}: {why}", flush=True)
             continue
-        for program in programs:
-            row = spawn(framework, program, args)
+        for row in spawn(framework, programs, args):
             rows.append(row)
             status = row.get("error") or (
                 f"{row['train_seconds']:.2f} s, test {100 * row['test_accuracy']:.2f}%"
             )
-            print(f"  {framework} {program}: {status}", flush=True)
+            print(f"  {framework} {row['program']}: {status}", flush=True)
     print(table(rows))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -241,12 +250,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--parity-steps", type=int, default=1000)
     p.add_argument("--snapshot-every", type=int, default=50, help="parity: compare weights every N")
     p.add_argument("--run", choices=FRAMEWORKS, help=argparse.SUPPRESS)
-    p.add_argument("--program", choices=list(PROGRAMS), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.dataset == "mnist-sample":
         args.data_dir = None
     if args.run:
-        print(json.dumps(run_one(args)))
+        for program in args.programs.split(","):
+            print(json.dumps(run_one(args.run, program, args)), flush=True)
         return 0
     if args.parity:
         from parity import run_parity
