@@ -124,3 +124,21 @@ def test_json_output(tmp_path, capsys):
     report = json.loads(capsys.readouterr().out)
     assert code == (0 if report["ok"] else 1)
     assert any(f["check"] == "torch" and f["status"] == "ok" for f in report["findings"])
+
+
+def test_minimum_versions_come_from_the_installed_requirements(monkeypatch):
+    """doctor reads mnistlab's own Requires-Dist (pyproject.toml) and compares with packaging."""
+    from packaging.requirements import Requirement
+
+    from mnistlab.apps import doctor
+
+    python, requirements = doctor.declared_requirements()
+    assert str(requirements["torch"].specifier).startswith(">=") and python is not None
+    monkeypatch.setattr(
+        doctor,
+        "declared_requirements",
+        lambda: (python, {**requirements, "numpy": Requirement("numpy>=999")}),
+    )
+    numpy = next(f for f in doctor.version_findings() if f.check == "numpy")
+    assert numpy.status == "problem" and "numpy>=999" in numpy.detail + numpy.fix
+    assert doctor._same_version("2.4.0+cpu", "2.4.0") and not doctor._same_version("2.4.1", "2.4.0")

@@ -27,14 +27,16 @@ from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from importlib import metadata
 from pathlib import Path
+from typing import Any
 
-MIN_PYTHON = (3, 10)
-# (distribution, module to import, minimum version as in pyproject.toml)
+# (distribution, module to import); the minimum versions are the installed mnistlab's own
+# requirements (its Requires-Dist and Requires-Python, from pyproject.toml), read by
+# ``declared_requirements``.
 CORE_PACKAGES = (
-    ("torch", "torch", "2.4"),
-    ("numpy", "numpy", "1.24"),
-    ("tensorboard", "tensorboard", "2.14"),
-    ("protobuf", "google.protobuf", None),
+    ("torch", "torch"),
+    ("numpy", "numpy"),
+    ("tensorboard", "tensorboard"),
+    ("protobuf", "google.protobuf"),
 )
 
 
@@ -213,19 +215,68 @@ def package_findings(paths: Sequence[str] | None = None) -> list[Finding]:
     return found
 
 
+def declared_requirements(dist: str = "mnistlab") -> tuple[Any, dict[str, Any]]:
+    """``(Requires-Python, {name: Requirement})`` as the installed ``dist`` declares them (extras
+    left out); ``(None, {})`` when its metadata cannot be found (running from an uninstalled tree)."""
+    from packaging.requirements import InvalidRequirement, Requirement
+    from packaging.specifiers import InvalidSpecifier, SpecifierSet
+
+    try:
+        meta = metadata.metadata(dist)
+        texts = metadata.requires(dist) or []
+    except metadata.PackageNotFoundError:
+        return None, {}
+    try:
+        python = SpecifierSet(next(iter(meta.get_all("Requires-Python") or []), ""))
+    except InvalidSpecifier:
+        python = SpecifierSet()
+    found: dict[str, Any] = {}
+    for text in texts:
+        try:
+            req = Requirement(text)
+        except InvalidRequirement:
+            continue
+        if req.marker is None or req.marker.evaluate({"extra": ""}):
+            found[normalize(req.name)] = req
+    return python, found
+
+
+def _satisfies(version: str, specifier: Any) -> bool:
+    from packaging.version import InvalidVersion, Version
+
+    try:
+        return bool(specifier.contains(Version(version), prereleases=True))
+    except InvalidVersion:
+        return True  # a version packaging cannot read is not ours to judge
+
+
+def _same_version(a: str, b: str) -> bool:
+    """Equal up to the local label (``2.4.0+cpu`` and ``2.4.0`` are one release)."""
+    from packaging.version import InvalidVersion, Version
+
+    try:
+        return Version(a).public == Version(b).public
+    except InvalidVersion:
+        return a.split("+")[0] == b.split("+")[0]
+
+
 def version_findings() -> list[Finding]:
-    """Python and the core libraries: present, new enough, and importing the copy pip knows."""
+    """Python and the core libraries: present, new enough for mnistlab's declared requirements,
+    and importing the copy pip knows."""
     out = []
-    py = sys.version_info
+    python, requirements = declared_requirements()
+    version = platform.python_version()
+    ok = python is None or _satisfies(version, python)
     out.append(
         Finding(
             "python",
-            "ok" if py[:2] >= MIN_PYTHON else "problem",
-            f"{platform.python_version()} ({sys.executable})",
-            "" if py[:2] >= MIN_PYTHON else "install Python 3.10 or newer",
+            "ok" if ok else "problem",
+            f"{version} ({sys.executable})",
+            "" if ok else f"mnistlab needs Python {python}",
         )
     )
-    for dist, module, minimum in CORE_PACKAGES:
+    for dist, module in CORE_PACKAGES:
+        req = requirements.get(normalize(dist))
         try:
             version = metadata.version(dist)
         except metadata.PackageNotFoundError:
@@ -234,9 +285,7 @@ def version_findings() -> list[Finding]:
                     dist,
                     "problem",
                     "not installed",
-                    f"python -m pip install '{dist}>={minimum}'"
-                    if minimum
-                    else f"python -m pip install {dist}",
+                    f"python -m pip install '{req or dist}'",
                 )
             )
             continue
@@ -255,7 +304,7 @@ def version_findings() -> list[Finding]:
             continue
         imported = str(getattr(mod, "__version__", version))
         detail = f"{version} ({os.path.dirname(getattr(mod, '__file__', '') or '')})"
-        if _base(imported) != _base(version):
+        if not _same_version(imported, version):
             out.append(
                 Finding(
                     dist,
@@ -265,13 +314,13 @@ def version_findings() -> list[Finding]:
                     "two copies are installed: see the duplicates below",
                 )
             )
-        elif minimum and _older(version, minimum):
+        elif req is not None and not _satisfies(version, req.specifier):
             out.append(
                 Finding(
                     dist,
                     "problem",
-                    f"{detail} is older than {minimum}",
-                    f"python -m pip install --upgrade '{dist}>={minimum}'",
+                    f"{detail} does not satisfy mnistlab's requirement {req}",
+                    f"python -m pip install --upgrade '{req}'",
                 )
             )
         else:
@@ -291,17 +340,6 @@ def version_findings() -> list[Finding]:
             )
         )
     return out
-
-
-def _base(version: str) -> str:
-    return version.split("+")[0]
-
-
-def _older(version: str, minimum: str) -> bool:
-    def parts(v: str) -> tuple[int, ...]:
-        return tuple(int(x) for x in re.findall(r"\d+", _base(v))[:3])
-
-    return parts(version) < parts(minimum)
 
 
 def device_findings() -> list[Finding]:
