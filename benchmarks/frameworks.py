@@ -248,6 +248,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--timeout", type=float, default=3600, help="seconds per run")
     p.add_argument("--parity", action="store_true", help="TF compat.v1 vs mnistlab, step by step")
     p.add_argument("--parity-steps", type=int, default=1000)
+    p.add_argument(
+        "--parity-self-check",
+        action="store_true",
+        help="parity: also run TensorFlow against itself with oneDNN off",
+    )
     p.add_argument("--snapshot-every", type=int, default=50, help="parity: compare weights every N")
     p.add_argument("--run", choices=FRAMEWORKS, help=argparse.SUPPRESS)
     args = p.parse_args(argv)

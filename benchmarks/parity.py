@@ -81,6 +81,11 @@ def _mnistlab_side(preset: str, args: argparse.Namespace, snapshot_steps: list[i
 
     rec = Record()
     result = train(config, data, callbacks=[rec])
+    # The first op of step 1, as the fused engine computes it (addmm), and in float64.
+    x = data.train.images.index_select(0, torch.from_numpy(rec.order[0]))
+    w, b = (torch.from_numpy(a) for a in rec.init[:2])
+    first = torch.addmm(b, x, w).numpy()
+    exact = x.double().numpy() @ rec.init[0].astype(np.float64) + rec.init[1].astype(np.float64)
     ce = np.array(rec.ce)
     # The loss of step k is computed on the weights before its update: those after step k-1.
     before = np.array([rec.first_penalty, *rec.penalty[:-1]])
@@ -94,22 +99,30 @@ def _mnistlab_side(preset: str, args: argparse.Namespace, snapshot_steps: list[i
         "test": result.test.accuracy if result.test else float("nan"),
         "validation_size": len(data.validation),
         "engine": result.engine,
+        "first_layer": first,
+        "first_layer_exact": exact,
     }
 
 
-def _tf_side(program: str, ours: dict, args: argparse.Namespace, snapshot_steps: list[int]) -> dict:
+def _tf_side(
+    program: str,
+    ours: dict,
+    args: argparse.Namespace,
+    snapshot_steps: list[int],
+    env_extra: dict[str, str] | None = None,
+) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         given, got = Path(tmp) / "given.npz", Path(tmp) / "got.npz"
         arrays = {f"init{i}": a for i, a in enumerate(ours["init"])}
         np.savez(given, order=ours["order"], snapshot_steps=np.array(snapshot_steps), **arrays)
         cmd = [sys.executable, str(HERE / "parity.py"), "--tf-child", program, str(given), str(got)]
         cmd += [args.dataset, args.data_dir or "", str(ours["validation_size"]), str(args.threads)]
-        env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+        env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", **(env_extra or {})}
         done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=args.timeout)
         if done.returncode != 0:
             raise SystemExit(f"the TensorFlow side failed:\n{done.stderr[-2000:]}")
         with np.load(got) as z:
-            out = {k: z[k] for k in ("cross_entropy", "loss", "lr", "test")}
+            out = {k: z[k] for k in ("cross_entropy", "loss", "lr", "test", "first_layer")}
             out["snapshots"] = {
                 int(s): [z[f"snap{s}_{i}"] for i in range(len(ours["init"]))]
                 for s in snapshot_steps
@@ -133,7 +146,7 @@ def _tf_child(argv: list[str]) -> int:
     out = tf_v1.parity(PROGRAMS[program], data, init, order, snaps, int(threads))
     arrays = {f"snap{s}_{i}": a for s, held in out["snapshots"].items() for i, a in enumerate(held)}
     np.savez(got, cross_entropy=out["cross_entropy"], loss=out["loss"], lr=out["lr"],
-             test=np.array(out["test"]), **arrays)  # fmt: skip
+             test=np.array(out["test"]), first_layer=out["first_layer"], **arrays)  # fmt: skip
     return 0
 
 
@@ -142,6 +155,29 @@ def _worst(ours: np.ndarray, theirs: np.ndarray) -> tuple[float, int]:
     rel = np.abs(theirs - ours) / np.maximum(np.abs(ours), 1e-30)
     k = int(np.argmax(rel))
     return float(rel[k]), k + 1
+
+
+GROWTH_STEPS = (1, 10, 50, 100, 200, 300, 400, 500, 600, 700, 800, 900, 1000)
+
+
+def _differences(ours: dict, theirs: dict, snapshot_steps: list[int]) -> dict[str, Any]:
+    report: dict[str, Any] = {}
+    for key in ("cross_entropy", "loss", "lr"):
+        worst, step = _worst(ours[key], theirs[key])
+        report[key] = {"max_rel_diff": worst, "step": step}
+    rel = np.abs(theirs["loss"] - ours["loss"]) / np.abs(ours["loss"])
+    over = np.nonzero(rel > TOLERANCE)[0]
+    report["loss"]["first_step_over_tolerance"] = int(over[0]) + 1 if len(over) else None
+    report["loss"]["growth"] = {s: float(rel[:s].max()) for s in GROWTH_STEPS if s <= len(rel)}
+    weights_worst, weights_step, weights_scale = 0.0, 0, 0.0
+    for s in snapshot_steps:
+        for a, b in zip(ours["snapshots"][s], theirs["snapshots"][s], strict=True):
+            d = float(np.max(np.abs(a - b)))
+            if d > weights_worst:
+                weights_worst, weights_step, weights_scale = d, s, float(np.max(np.abs(a)))
+    report["weights"] = {"max_abs_diff": weights_worst, "step": weights_step}
+    report["weights"]["max_abs_value"] = weights_scale
+    return report
 
 
 def compare_program(program: str, args: argparse.Namespace) -> dict[str, Any]:
@@ -155,22 +191,27 @@ def compare_program(program: str, args: argparse.Namespace) -> dict[str, Any]:
     ours = _mnistlab_side(preset, args, snapshot_steps)
     theirs = _tf_side(program, ours, args, snapshot_steps)
     report: dict[str, Any] = {"program": program, "preset": preset, "steps": steps}
-    for key in ("cross_entropy", "loss", "lr"):
-        worst, step = _worst(ours[key], theirs[key])
-        report[key] = {"max_rel_diff": worst, "step": step}
-    weights_worst, weights_step, weights_scale = 0.0, 0, 0.0
-    for s in snapshot_steps:
-        for a, b in zip(ours["snapshots"][s], theirs["snapshots"][s], strict=True):
-            d = float(np.max(np.abs(a - b)))
-            if d > weights_worst:
-                weights_worst, weights_step, weights_scale = d, s, float(np.max(np.abs(a)))
-    report["weights"] = {
-        "what": "moving averages" if PROGRAMS[program].ema else "weights",
-        "max_abs_diff": weights_worst,
-        "step": weights_step,
-        "max_abs_value": weights_scale,
-        "snapshot_every": every,
+    report |= _differences(ours, theirs, snapshot_steps)
+    report["weights"]["what"] = "moving averages" if PROGRAMS[program].ema else "weights"
+    report["weights"]["snapshot_every"] = every
+    exact = ours["first_layer_exact"]
+    report["first_op"] = {
+        "op": "x . W1 + b1 of step 1 (torch addmm vs tf.matmul + add), float32",
+        "max_abs_diff_mnistlab_tf": float(
+            np.max(np.abs(ours["first_layer"] - theirs["first_layer"]))
+        ),
+        "max_abs_err_mnistlab": float(np.max(np.abs(ours["first_layer"] - exact))),
+        "max_abs_err_tf": float(np.max(np.abs(theirs["first_layer"] - exact))),
+        "max_abs_value": float(np.max(np.abs(exact))),
     }
+    if args.parity_self_check:  # TensorFlow against itself: oneDNN's matmul off
+        again = _tf_side(program, ours, args, snapshot_steps, {"TF_ENABLE_ONEDNN_OPTS": "0"})
+        self_check = _differences(theirs, again, snapshot_steps)
+        report["tf_onednn_on_vs_off"] = {
+            "loss": self_check["loss"],
+            "weights": self_check["weights"],
+            "test_accuracy_onednn_off": float(again["test"]),
+        }
     report["test_accuracy"] = {"mnistlab": ours["test"], "tf-v1": float(theirs["test"])}
     report["engine"] = ours["engine"]
     report["pass"] = report["loss"]["max_rel_diff"] <= TOLERANCE
@@ -197,8 +238,26 @@ def describe(r: dict[str, Any]) -> str:
     lines.append(
         f"  test accuracy  mnistlab {100 * t['mnistlab']:.2f}%, tf-v1 {100 * t['tf-v1']:.2f}%"
     )
+    op = r["first_op"]
+    lines.append(
+        f"  first op       {op['op']}: mnistlab and tf differ by up to "
+        f"{op['max_abs_diff_mnistlab_tf']:.3g} (values up to {op['max_abs_value']:.3g}); "
+        f"errors against float64: mnistlab {op['max_abs_err_mnistlab']:.3g}, "
+        f"tf {op['max_abs_err_tf']:.3g}"
+    )
+    growth = ", ".join(f"{s}: {v:.1e}" for s, v in r["loss"]["growth"].items())
+    lines.append(f"  loss difference, largest up to step: {growth}")
+    if "tf_onednn_on_vs_off" in r:
+        c = r["tf_onednn_on_vs_off"]
+        grow = ", ".join(f"{s}: {v:.1e}" for s, v in c["loss"]["growth"].items())
+        lines.append(
+            f"  tf vs tf (oneDNN off) loss largest relative difference "
+            f"{c['loss']['max_rel_diff']:.3g} at step {c['loss']['step']:,}; up to step: {grow}"
+        )
     verdict = "within" if r["pass"] else "NOT within"
-    lines.append(f"  loss {verdict} {TOLERANCE:g} relative over {r['steps']:,} steps")
+    first = r["loss"]["first_step_over_tolerance"]
+    where = f" (first step over it: {first:,})" if first else ""
+    lines.append(f"  loss {verdict} {TOLERANCE:g} relative over {r['steps']:,} steps{where}")
     return "\n".join(lines)
 
 

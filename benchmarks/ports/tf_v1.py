@@ -36,6 +36,7 @@ def _graph(program: Program, data: Data, seed: int, init: list[np.ndarray] | Non
     sizes = [784, *program.hidden, 10]
     weights, biases = [], []
     h = x
+    pre = []
     for i, (a, b) in enumerate(zip(sizes, sizes[1:], strict=False)):
         if init is None:
             w0 = v1.random_normal([a, b], stddev=program.init_std)
@@ -46,6 +47,7 @@ def _graph(program: Program, data: Data, seed: int, init: list[np.ndarray] | Non
         weights.append(w)
         biases.append(bias)
         h = tf.matmul(h, w) + bias
+        pre.append(h)
         if i < len(sizes) - 2:
             h = tf.nn.relu(h)
     logits = h
@@ -100,6 +102,7 @@ def _graph(program: Program, data: Data, seed: int, init: list[np.ndarray] | Non
         "accuracy": accuracy,
         "shadows": shadows,
         "params": params,
+        "first_layer": pre[0],
     }
 
 
@@ -179,13 +182,24 @@ def parity(
         snaps: dict[int, list[np.ndarray]] = {}
         with _session(threads) as sess:
             sess.run(tf.compat.v1.global_variables_initializer())
+            first_layer = None
             for i in range(steps):
                 idx = order[i]
-                _, ce[i], loss[i], lr[i] = sess.run(
-                    [g["train_op"], g["cross_entropy"], g["loss"], g["lr"]],
-                    {g["x"]: data.train_x[idx], g["y"]: data.train_y[idx]},
-                )
+                fetch = [g["train_op"], g["cross_entropy"], g["loss"], g["lr"]]
+                if i == 0:  # the first op whose results can differ: x . W1 + b1
+                    fetch.append(g["first_layer"])
+                got = sess.run(fetch, {g["x"]: data.train_x[idx], g["y"]: data.train_y[idx]})
+                ce[i], loss[i], lr[i] = got[1:4]
+                if i == 0:
+                    first_layer = got[4]
                 if i + 1 in snapshot_steps:
                     snaps[i + 1] = sess.run(watched)
             test_acc = sess.run(g["accuracy"], {g["x"]: data.test_x, g["y"]: data.test_y})
-    return {"cross_entropy": ce, "loss": loss, "lr": lr, "snapshots": snaps, "test": test_acc}
+    return {
+        "cross_entropy": ce,
+        "loss": loss,
+        "lr": lr,
+        "snapshots": snaps,
+        "test": test_acc,
+        "first_layer": first_layer,
+    }
