@@ -89,6 +89,9 @@ def test_seeds_train_each_seed_in_its_folder_and_report_statistics(tmp_path, cap
     assert stats["n"] == 2 and stats["mean"] == pytest.approx(sum(accs) / 2)
     assert stats["min"] == min(accs) and stats["ci95"][0] <= stats["mean"] <= stats["ci95"][1]
     assert report["statistics"]["train_seconds"]["n"] == 2
+    assert (
+        report["statistics"]["wall_seconds"]["min"] >= report["statistics"]["train_seconds"]["min"]
+    )
     for seed in (1, 3):
         folder = parent / f"seed-{seed}"
         assert (folder / "config.toml").is_file()
