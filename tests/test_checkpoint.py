@@ -20,7 +20,7 @@ import mnistlab
 from mnistlab.apps.cli import main
 from mnistlab.config import set_value
 from mnistlab.errors import CheckpointError, ConfigError
-from mnistlab.io import checkpoint as ck
+from mnistlab.io.checkpoint import fileformat as ck
 from mnistlab.io.checkpoint import (
     CheckpointCallback,
     load_checkpoint,
@@ -216,7 +216,7 @@ def test_second_ctrl_c_mid_save_leaves_previous_file(tmp_path, monkeypatch):
 
 CHILD = """
 import sys, time, torch
-from mnistlab.io import checkpoint as ck
+from mnistlab.io.checkpoint import fileformat as ck
 path, marker = sys.argv[1], sys.argv[2]
 def slow(handle, data):
     view = memoryview(data)

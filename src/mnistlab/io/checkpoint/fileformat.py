@@ -1,4 +1,4 @@
-"""Checkpoints: one self-checking file per saved step, written atomically, read without pickles.
+"""The checkpoint file format: one self-checking file per saved step, written atomically, read without pickles.
 
 A checkpoint file is three parts::
 
@@ -14,19 +14,16 @@ so a crafted file cannot run code. Files are written to a temporary name in the 
 flushed, fsynced and renamed over the target (then the folder is fsynced), so a crash or ``kill -9``
 mid-save leaves the previous file whole.
 
-A run folder keeps ``checkpoints/step-000500.pt`` ... (the last ``keep``) and ``checkpoints/best.pt``
-(the state with the best validation accuracy). ``resolve_checkpoint`` turns ``RUN``, ``RUN:best``
-or a file into a path.
+Where a run keeps its checkpoints and how ``RUN`` or ``RUN:best`` become a file is ``find.py``;
+the callback that saves them during training is ``callback.py``.
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import io
 import json
 import re
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,10 +34,7 @@ import torch
 from mnistlab import __version__
 from mnistlab.atomic import atomic_path
 from mnistlab.config import Config, from_dict
-from mnistlab.config.schema import INPUT_SHAPE
 from mnistlab.errors import CheckpointError, ConfigError
-from mnistlab.io.callbacks import Callback, RunView, Wants
-from mnistlab.models import StagedModel, build_model
 
 MAGIC = b"MNISTLAB-CHECKPOINT\n"
 FORMAT_VERSION = 1
@@ -222,172 +216,3 @@ def load_checkpoint(path: str | Path, *, map_location: str | torch.device = "cpu
     if not isinstance(state, dict) or not {"step", "model", "config"} <= state.keys():
         raise CheckpointError(f"{path} does not hold a training state (step, model, config)")
     return Checkpoint(path=path, header=header, state=state)
-
-
-# -- finding ---------------------------------------------------------------------------------------
-def step_checkpoints(folder: str | Path) -> list[tuple[int, Path]]:
-    """``(step, path)`` of the ``step-*.pt`` files in a checkpoints folder, oldest first."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        return []
-    found = [
-        (int(m.group(1)), p)
-        for p in folder.iterdir()
-        if (m := STEP_PATTERN.match(p.name)) and p.is_file()
-    ]
-    return sorted(found)
-
-
-def checkpoint_folder(run_or_folder: str | Path) -> Path:
-    path = Path(run_or_folder)
-    return path if path.name == CHECKPOINT_DIR else path / CHECKPOINT_DIR
-
-
-def resolve_checkpoint(spec: str | Path) -> Path:
-    """A checkpoint file for ``FILE``, ``RUN`` (its latest) or ``RUN:best``."""
-    text = str(spec)
-    best = text.endswith(":best") and not Path(text).exists()
-    path = Path(text[: -len(":best")] if best else text)
-    if path.is_file():
-        if best:
-            raise CheckpointError(f"{text}: ':best' goes after a run folder, not a file")
-        return path
-    if not path.is_dir():
-        raise CheckpointError(
-            f"checkpoint {path} does not exist (give a checkpoint file, a run folder, or RUN:best)"
-        )
-    folder = checkpoint_folder(path)
-    if best:
-        if not (folder / BEST_NAME).is_file():
-            raise CheckpointError(
-                f"run {path} has no best checkpoint yet ({folder / BEST_NAME}); "
-                "it is written at the first validation"
-            )
-        return folder / BEST_NAME
-    steps = step_checkpoints(folder)
-    if steps:
-        return steps[-1][1]
-    if (folder / BEST_NAME).is_file():
-        return folder / BEST_NAME
-    raise CheckpointError(
-        f"run folder {path} holds no checkpoints (looked in {folder}); train "
-        "with --run-dir to keep some"
-    )
-
-
-def load_model(
-    spec: str | Path, *, use_ema: bool = True, input_shape: tuple[int, int, int] = INPUT_SHAPE
-) -> tuple[StagedModel, Checkpoint]:
-    """The model saved in a checkpoint, rebuilt from its config for images of ``input_shape`` (every
-    registered dataset's is the default), in eval mode on the CPU. EMA shadows by default (what the
-    classic programs evaluate); raw parameters if ``use_ema`` is off or the run kept no average."""
-    ckpt = load_checkpoint(resolve_checkpoint(spec))
-    state = ckpt.state
-    ema = state.get("ema") or {}
-    shadows = ema.get("shadows")
-    tensors: dict[str, torch.Tensor] = shadows if use_ema and shadows else state["model"]
-    config = ckpt.config
-    logits = tensors.get("logits.weight")
-    if logits is None:
-        raise CheckpointError(f"{ckpt.path} holds no 'logits.weight'; not an mnistlab model")
-    model = build_model(
-        config.model,
-        num_classes=int(logits.shape[0]),
-        seed=config.train.seed,
-        input_shape=input_shape,
-    )
-    try:
-        model.load_state_dict(tensors, strict=True)
-    except RuntimeError as exc:
-        raise CheckpointError(
-            f"the weights in {ckpt.path} do not fit a {config.model.name} "
-            f"model: {str(exc).splitlines()[0]}"
-        ) from None
-    model.eval()
-    return model, ckpt
-
-
-# -- during training -------------------------------------------------------------------------------
-def _all_finite(tensors: dict[str, torch.Tensor]) -> bool:
-    return all(bool(torch.isfinite(t).all()) for t in tensors.values() if t.is_floating_point())
-
-
-class CheckpointCallback(Callback):
-    """Save every ``every`` steps and at the end (keeping the last ``keep``), ``best.pt`` at each
-    new best validation accuracy, and the current step on Ctrl-C / SIGTERM.
-
-    The loop consolidates the state (collective under the parallel modes) at the boundaries this
-    callback asks for in ``wants`` and hands it over on the main rank; this callback only writes.
-    """
-
-    def __init__(
-        self, run_dir: str | Path, *, every: int = 1000, keep: int = 3, stream: Any = None
-    ):
-        self.run_dir = Path(run_dir)
-        self.folder = self.run_dir / CHECKPOINT_DIR
-        self.every = every
-        self.keep = keep
-        self.stream = stream
-        self.last_saved: Path | None = None
-
-    def _say(self, run: RunView, text: str) -> None:
-        if run.is_main:
-            print(f"mnistlab: {text}", file=self.stream or sys.stderr, flush=True)
-
-    def wants(self, run: RunView) -> Wants:
-        return Wants(checkpoints=True, checkpoint_every=self.every)
-
-    def on_start(self, run: RunView) -> None:
-        if run.is_main and self.folder.is_dir():  # temp files of a save that was killed
-            for stale in self.folder.glob(".*.tmp"):
-                with contextlib.suppress(OSError):
-                    stale.unlink()
-
-    def on_checkpoint(
-        self, run: RunView, state: dict[str, Any], *, periodic: bool, best: bool
-    ) -> None:
-        self.save(run, state, periodic=periodic, best=best)
-
-    def on_interrupt(self, run: RunView) -> None:
-        if self.last_saved is not None and run.is_main:
-            run.resume_hint = (
-                f"checkpoint {self.last_saved}; continue with: mnistlab train --resume "
-                f"{self.run_dir}"
-            )
-
-    def on_failure(self, run: RunView, error: BaseException) -> None:
-        """Nothing to write: the checkpoints on disk are from before the failure and stay."""
-
-    def save(
-        self, run: RunView, state: dict[str, Any], *, periodic: bool, best: bool = False
-    ) -> Path | None:
-        if not (
-            _all_finite(state["model"])
-            and (state.get("ema") is None or _all_finite(state["ema"]["shadows"]))
-        ):
-            self._say(
-                run,
-                f"not saving step {run.step}: the weights are NaN or infinite; the "
-                "earlier checkpoints are kept",
-            )
-            if periodic:
-                self.last_saved = None
-            return None
-        parts = serialize(
-            state, best_validation_accuracy=run.best_validation_accuracy, best_step=run.best_step
-        )
-        path = None
-        if periodic:
-            path = atomic_write(self.folder / step_name(run.step), parts)
-            self.last_saved = path
-            self._prune()
-        if best:
-            best_path = atomic_write(self.folder / BEST_NAME, parts)
-            path = path or best_path
-        return path
-
-    def _prune(self) -> None:
-        """Keep the ``keep`` newest step files; ``best.pt`` is its own file and always stays."""
-        for _, old in step_checkpoints(self.folder)[: -self.keep]:
-            with contextlib.suppress(OSError):
-                old.unlink()

@@ -1,0 +1,39 @@
+"""Checkpoints, along their seams: the file format (``fileformat.py``: written atomically,
+self-checking, read without pickles), finding them (``find.py``: run folders, ``RUN:best``,
+rebuilding the model) and saving them during training (``callback.py``)."""
+
+from mnistlab.io.checkpoint.callback import CheckpointCallback
+from mnistlab.io.checkpoint.fileformat import (
+    BEST_NAME,
+    CHECKPOINT_DIR,
+    FORMAT_VERSION,
+    Checkpoint,
+    load_checkpoint,
+    read_header,
+    save_checkpoint,
+    serialize,
+    step_name,
+)
+from mnistlab.io.checkpoint.find import (
+    checkpoint_folder,
+    load_model,
+    resolve_checkpoint,
+    step_checkpoints,
+)
+
+__all__ = [
+    "BEST_NAME",
+    "CHECKPOINT_DIR",
+    "FORMAT_VERSION",
+    "Checkpoint",
+    "CheckpointCallback",
+    "checkpoint_folder",
+    "load_checkpoint",
+    "load_model",
+    "read_header",
+    "resolve_checkpoint",
+    "save_checkpoint",
+    "serialize",
+    "step_checkpoints",
+    "step_name",
+]

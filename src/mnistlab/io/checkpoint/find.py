@@ -1,0 +1,105 @@
+"""Where a run keeps its checkpoints, and which file ``RUN``, ``RUN:best`` or ``FILE`` means.
+
+A run folder keeps ``checkpoints/step-000500.pt`` ... (the last ``checkpoint.keep``) and
+``checkpoints/best.pt`` (the state with the best validation accuracy). ``load_model`` rebuilds the
+model a checkpoint holds.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from mnistlab.config.schema import INPUT_SHAPE
+from mnistlab.errors import CheckpointError
+from mnistlab.io.checkpoint.fileformat import (
+    BEST_NAME,
+    CHECKPOINT_DIR,
+    STEP_PATTERN,
+    Checkpoint,
+    load_checkpoint,
+)
+from mnistlab.models import StagedModel, build_model
+
+
+def step_checkpoints(folder: str | Path) -> list[tuple[int, Path]]:
+    """``(step, path)`` of the ``step-*.pt`` files in a checkpoints folder, oldest first."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    found = [
+        (int(m.group(1)), p)
+        for p in folder.iterdir()
+        if (m := STEP_PATTERN.match(p.name)) and p.is_file()
+    ]
+    return sorted(found)
+
+
+def checkpoint_folder(run_or_folder: str | Path) -> Path:
+    path = Path(run_or_folder)
+    return path if path.name == CHECKPOINT_DIR else path / CHECKPOINT_DIR
+
+
+def resolve_checkpoint(spec: str | Path) -> Path:
+    """A checkpoint file for ``FILE``, ``RUN`` (its latest) or ``RUN:best``."""
+    text = str(spec)
+    best = text.endswith(":best") and not Path(text).exists()
+    path = Path(text[: -len(":best")] if best else text)
+    if path.is_file():
+        if best:
+            raise CheckpointError(f"{text}: ':best' goes after a run folder, not a file")
+        return path
+    if not path.is_dir():
+        raise CheckpointError(
+            f"checkpoint {path} does not exist (give a checkpoint file, a run folder, or RUN:best)"
+        )
+    folder = checkpoint_folder(path)
+    if best:
+        if not (folder / BEST_NAME).is_file():
+            raise CheckpointError(
+                f"run {path} has no best checkpoint yet ({folder / BEST_NAME}); "
+                "it is written at the first validation"
+            )
+        return folder / BEST_NAME
+    steps = step_checkpoints(folder)
+    if steps:
+        return steps[-1][1]
+    if (folder / BEST_NAME).is_file():
+        return folder / BEST_NAME
+    raise CheckpointError(
+        f"run folder {path} holds no checkpoints (looked in {folder}); train "
+        "with --run-dir to keep some"
+    )
+
+
+def load_model(
+    spec: str | Path, *, use_ema: bool = True, input_shape: tuple[int, int, int] = INPUT_SHAPE
+) -> tuple[StagedModel, Checkpoint]:
+    """The model saved in a checkpoint, rebuilt from its config for images of ``input_shape`` (every
+    registered dataset's is the default), in eval mode on the CPU. EMA shadows by default (what the
+    classic programs evaluate); raw parameters if ``use_ema`` is off or the run kept no average."""
+    ckpt = load_checkpoint(resolve_checkpoint(spec))
+    state = ckpt.state
+    ema = state.get("ema") or {}
+    shadows = ema.get("shadows")
+    tensors: dict[str, torch.Tensor] = shadows if use_ema and shadows else state["model"]
+    config = ckpt.config
+    logits = tensors.get("logits.weight")
+    if logits is None:
+        raise CheckpointError(f"{ckpt.path} holds no 'logits.weight'; not an mnistlab model")
+    model = build_model(
+        config.model,
+        num_classes=int(logits.shape[0]),
+        seed=config.train.seed,
+        input_shape=input_shape,
+    )
+    try:
+        model.load_state_dict(tensors, strict=True)
+    except RuntimeError as exc:
+        raise CheckpointError(
+            f"the weights in {ckpt.path} do not fit a {config.model.name} "
+            f"model: {str(exc).splitlines()[0]}"
+        ) from None
+    model.eval()
+    return model, ckpt
