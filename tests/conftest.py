@@ -67,6 +67,8 @@ def small_config(preset: str = "seed-mlp", *overrides: str) -> Config:
             "train.eval_every=100",
             "train.log_every=50",
             "train.device=cpu",
+            # Fixed, not chosen from the machine's load: results must not depend on it.
+            "train.threads=1",
             *overrides,
         ],
     )

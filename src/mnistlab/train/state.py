@@ -5,6 +5,8 @@ order, figures so far; its consolidated ``state_dict`` for checkpoints and exact
 from __future__ import annotations
 
 import math
+import os
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -159,11 +161,16 @@ class Run:
                 "last_loss": self.last_loss if math.isfinite(self.last_loss) else None,
             },
             "config": to_dict(self.config),
+            # The CPU thread count chosen for this run: kernels such as oneDNN's convolutions
+            # sum in a different order with another count, so a resume keeps it.
+            "threads": torch.get_num_threads(),
         }
 
     @torch.no_grad()
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.step = int(state["step"])
+        if not self.config.train.threads and state.get("threads"):
+            torch.set_num_threads(min(int(state["threads"]), cpu_threads()))
         for param, saved in zip(
             self.parameters(), self.strategy.local_state(state["model"]), strict=True
         ):
@@ -210,13 +217,34 @@ def _set_numpy_rng_state(state: dict[str, Any]) -> None:
 def cpu_threads() -> int:
     """The cores this process may run on (its affinity mask, not the machine's count)."""
     try:
-        import os
-
         return max(1, len(os.sched_getaffinity(0)))
     except (AttributeError, OSError):
-        import os
-
         return max(1, os.cpu_count() or 1)
+
+
+def busy_cores(samples: int = 5, interval: float = 0.01) -> int:
+    """Other tasks running right now (``procs_running`` of /proc/stat, less this process; the
+    least of a few samples, so a passing blip does not count); 0 where it cannot be read."""
+    seen = []
+    for i in range(samples):
+        try:
+            with open("/proc/stat") as f:
+                for line in f:
+                    if line.startswith("procs_running"):
+                        seen.append(int(line.split()[1]) - 1)
+                        break
+        except (OSError, ValueError):
+            return 0
+        if i + 1 < samples:
+            time.sleep(interval)
+    return max(0, min(seen)) if seen else 0
+
+
+def auto_threads() -> int:
+    """Threads for ``train.threads=0``: the cores this process may use, less those other jobs
+    hold now. A parallel kernel waits for its slowest thread, so one thread sharing a core with
+    a busy job stalls every kernel of the step; fewer threads than cores degrade gently instead."""
+    return max(1, cpu_threads() - busy_cores())
 
 
 def build_run(
@@ -228,8 +256,8 @@ def build_run(
     """Model, optimizer, moving average and data order for ``config``, placed by ``strategy``;
     the data moves to the training device here, whatever device it was loaded on."""
     t = config.train
-    threads = min(t.threads, cpu_threads()) if t.threads else 0
-    if threads and torch.get_num_threads() != threads:
+    threads = min(t.threads, cpu_threads()) if t.threads else auto_threads()
+    if torch.get_num_threads() != threads:
         torch.set_num_threads(threads)
     strategy = strategy or Strategy(resolve_device(t.device))
     torch.manual_seed(t.seed)
