@@ -228,9 +228,12 @@ def compare(args: argparse.Namespace) -> int:
     report = {"machine": machine(), "dataset": where, "seed": args.seed, "command": sys.argv}
     report |= {"rows": rows, "skipped": skipped}
     (out / "frameworks.json").write_text(json.dumps(report, indent=2) + "\n")
+    written = [out / "frameworks.json"]
     if any("error" not in r for r in rows):
-        bar_chart(rows, out / "frameworks.png", f"{where} — {machine()}")
-    print(f"wrote {out / 'frameworks.json'} and {out / 'frameworks.png'}")
+        short = machine().split(", Python")[0]
+        bar_chart(rows, out / "frameworks.png", f"{Path(where.split(' ')[0]).name}; {short}")
+        written.append(out / "frameworks.png")
+    print("wrote " + " and ".join(map(str, written)))
     return 1 if any("error" in r for r in rows) else 0
 
 
