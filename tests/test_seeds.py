@@ -182,3 +182,28 @@ def test_ctrl_c_keeps_and_reports_the_finished_seeds(tmp_path):
     assert any(p.name.startswith("step-") for p in (parent / "seed-2" / "checkpoints").iterdir())
     assert not (parent / "seed-3").exists()
     assert json.loads((parent / "seeds.json").read_text())["interrupted"] is True
+
+
+def test_a_seed_that_fails_is_one_error_after_the_finished_seeds(tmp_path, capsys, monkeypatch):
+    """Seed 2 diverging: seed 1 is still reported (table, JSON, seeds.json), then the error."""
+    import mnistlab.train
+    from mnistlab.errors import TrainingError
+
+    real = mnistlab.train.train
+
+    def second_diverges(config, *a, **k):
+        if config.train.seed == 2:
+            raise TrainingError("diverged: the loss became nan at step 7")
+        return real(config, *a, **k)
+
+    monkeypatch.setattr(mnistlab.train, "train", second_diverges)
+    parent = tmp_path / "p"
+    code = main(["train", *TINY, "--seeds", "1-3", "--run-dir", str(parent), "--json"])
+    out, err = capsys.readouterr()
+    assert code == 1
+    assert "error: diverged: the loss became nan at step 7" in err
+    report = last_json(out)
+    assert report["seeds_finished"] == [1] and report["interrupted"] is True
+    assert report["stopped"] == "seed 2 failed"
+    assert "test accuracy: mean" in out
+    assert not (parent / "seed-3").exists()

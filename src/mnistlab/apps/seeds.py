@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from mnistlab.config import Config, set_value, validate
-from mnistlab.errors import ConfigError
+from mnistlab.errors import ConfigError, MnistlabError
 
 MAX_SEEDS = 1000
 
@@ -126,6 +126,7 @@ class SeedReport:
             "seeds_requested": self.requested,
             "seeds_finished": [r["seed"] for r in self.runs],
             "interrupted": self.stopped is not None,
+            "stopped": self.stopped,
             "runs": self.runs,
             "statistics": self.statistics(),
         }
@@ -226,6 +227,8 @@ def run_seeds(args: argparse.Namespace, config: Config) -> int:
         run_folder.check_free(folder, resuming=False, overwrite=args.overwrite)
     report = SeedReport(config.preset, "?", parent, seeds)
     exit_code = 0
+    failure: MnistlabError | None = None
+    seed = seeds[0]
     try:
         config, data = load_data(config, quiet=args.quiet)
         report.dataset = data.name
@@ -244,6 +247,8 @@ def run_seeds(args: argparse.Namespace, config: Config) -> int:
         report.stopped, exit_code = str(exc), exc.exit_code
     except KeyboardInterrupt:  # a second Ctrl-C, or one between seeds
         report.stopped, exit_code = "interrupted", 130
+    except MnistlabError as exc:  # e.g. one seed diverged: report the others, then the error
+        report.stopped, failure = f"seed {seed} failed", exc
     if report.stopped is not None:
         done = len(report.runs)
         print(
@@ -256,6 +261,8 @@ def run_seeds(args: argparse.Namespace, config: Config) -> int:
         print(report.table())
     if args.json:
         print(json.dumps(report.as_dict()))
+    if failure is not None:
+        raise failure
     return exit_code
 
 
