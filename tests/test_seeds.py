@@ -150,9 +150,10 @@ def test_a_parent_holding_earlier_seeds_is_refused_unless_overwritten(tmp_path, 
     assert main(["train", *TINY, "--seeds", "1-2", "--run-dir", str(parent), "--overwrite"]) == 0
 
 
-def test_ctrl_c_keeps_and_reports_the_finished_seeds(tmp_path):
-    """SIGINT while seed 2 trains: exit 130, seed 1 reported (table and JSON), seed 2's
-    checkpoint saved, seed 3 never started."""
+@pytest.mark.parametrize(("sig", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_ctrl_c_keeps_and_reports_the_finished_seeds(tmp_path, sig, code):
+    """SIGINT (SIGTERM) while seed 2 trains: exit 130 (143), seed 1 reported (table and JSON),
+    seed 2's checkpoint saved, seed 3 never started."""
     parent = tmp_path / "p"
     settings = ["--set", "train.steps=1500", "--set", "train.eval_every=10"]
     cmd = [sys.executable, "-m", "mnistlab", "train", "--preset", "seed-softmax"]
@@ -168,11 +169,11 @@ def test_ctrl_c_keeps_and_reports_the_finished_seeds(tmp_path):
             assert child.poll() is None, child.stderr.read() if child.stderr else ""
             assert time.monotonic() < deadline
             time.sleep(0.01)
-        child.send_signal(signal.SIGINT)
+        child.send_signal(sig)
         out, err = child.communicate(timeout=120)
     finally:
         child.kill()
-    assert child.returncode == 130, err
+    assert child.returncode == code, err
     report = last_json(out)
     assert report["interrupted"] is True
     assert report["seeds_finished"] == [1]

@@ -21,8 +21,10 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import signal
 import statistics
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -229,6 +231,7 @@ def run_seeds(args: argparse.Namespace, config: Config) -> int:
     exit_code = 0
     failure: MnistlabError | None = None
     seed = seeds[0]
+    previous = _terminate_as_exception()
     try:
         config, data = load_data(config, quiet=args.quiet)
         report.dataset = data.name
@@ -247,8 +250,13 @@ def run_seeds(args: argparse.Namespace, config: Config) -> int:
         report.stopped, exit_code = str(exc), exc.exit_code
     except KeyboardInterrupt:  # a second Ctrl-C, or one between seeds
         report.stopped, exit_code = "interrupted", 130
+    except _Terminated:  # SIGTERM between seeds (during one, the loop saves and stops: 143)
+        report.stopped, exit_code = "terminated", 143
     except MnistlabError as exc:  # e.g. one seed diverged: report the others, then the error
         report.stopped, failure = f"seed {seed} failed", exc
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     if report.stopped is not None:
         done = len(report.runs)
         print(
@@ -264,6 +272,21 @@ def run_seeds(args: argparse.Namespace, config: Config) -> int:
     if failure is not None:
         raise failure
     return exit_code
+
+
+class _Terminated(Exception):
+    """SIGTERM outside a seed's training (which handles it itself)."""
+
+
+def _terminate_as_exception() -> Any:
+    """Make SIGTERM raise ``_Terminated`` here (the main thread only); the previous handler."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def raise_terminated(signum: int, frame: object) -> None:
+        raise _Terminated
+
+    return signal.signal(signal.SIGTERM, raise_terminated)
 
 
 def _write_summary(parent: Path, report: SeedReport) -> None:
