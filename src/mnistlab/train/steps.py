@@ -116,7 +116,8 @@ def fused_reason(run: Run) -> str | None:
     return None
 
 
-_nll_backward = torch.ops.aten.nll_loss_backward
+_nll_forward = torch.ops.aten.nll_loss_forward.output
+_nll_backward = torch.ops.aten.nll_loss_backward.grad_input
 _log_softmax_backward = torch.ops.aten._log_softmax_backward_data
 _threshold_backward = torch.ops.aten.threshold_backward.grad_input
 _MEAN = 1  # at::Reduction::Mean
@@ -153,44 +154,64 @@ class FusedDenseEngine(Engine):
         self.weight_grads = [_grad(w) for w in self.weights]
         self.l2_held = [w.detach() for w in self.weights]
         self.one = torch.ones((), device=device)
+        self.total = torch.empty((), device=device)
+        self.grad_nll = torch.empty_like(self.log_probs)
+        # The step as a fixed plan over views made once (a transposed view of a parameter or a
+        # buffer stays valid: every update is in place), so a step is kernel calls and little
+        # else. Forward: (bias, input, Wᵀ, output, relu?); backward, top layer first:
+        # (g, gᵀ, layer input, dW, db, W, gradient below or None, activation below).
+        inputs = [self.x, *self.acts[:-1]]
+        last = len(layers) - 1
+        self.forward_plan = [
+            (layer.bias, inputs[i], layer.weight.t(), self.acts[i], i < last)
+            for i, layer in enumerate(layers)
+        ]
+        grads_out = [*self.grad_acts[:-1], self.grad_log_probs]
+        self.backward_plan = [
+            (
+                grads_out[i],
+                grads_out[i].t(),
+                inputs[i],
+                _grad(layer.weight),
+                _grad(layer.bias),
+                layer.weight,
+                self.grad_acts[i - 1] if i > 0 else None,
+                self.acts[i - 1] if i > 0 else None,
+            )
+            for i, layer in reversed(list(enumerate(layers)))
+        ]
 
     @torch.no_grad()
-    def step_math(self, idx: torch.Tensor, lr: float | torch.Tensor, l2: float) -> torch.Tensor:
-        """One step on the batch ``idx``; returns the data loss (a 0-dim tensor)."""
-        x, y = self.x, self.y
+    def step_math(
+        self, idx: torch.Tensor, lr: float | torch.Tensor, l2: float, loss: torch.Tensor
+    ) -> None:
+        """One step on the batch ``idx``, writing the data loss into the 0-dim ``loss``."""
+        x, y, log_probs = self.x, self.y, self.log_probs
         torch.index_select(self._images, 0, idx, out=x)
         torch.index_select(self._labels, 0, idx, out=y)
         # Forward, as F.linear does it: addmm(b, x, Wᵀ), then ReLU in place.
-        inputs = [x]
-        for i, layer in enumerate(self.layers):
-            out = self.acts[i]
-            torch.addmm(layer.bias, inputs[-1], layer.weight.t(), out=out)
-            if i < len(self.layers) - 1:
+        for bias, inp, weight_t, out, relu in self.forward_plan:
+            torch.addmm(bias, inp, weight_t, out=out)
+            if relu:
                 out.relu_()
-            inputs.append(out)
-        logits = self.acts[-1]
-        torch._log_softmax(logits, 1, False, out=self.log_probs)
-        loss, total = torch.ops.aten.nll_loss_forward(self.log_probs, y, None, _MEAN, _IGNORE)
+        torch._log_softmax(self.acts[-1], 1, False, out=log_probs)
+        _nll_forward(log_probs, y, None, _MEAN, _IGNORE, output=loss, total_weight=self.total)
         # Backward: the kernels autograd calls for nll_loss and log_softmax ...
-        g = _nll_backward(self.one, self.log_probs, y, None, _MEAN, _IGNORE, total)
-        _log_softmax_backward(g, self.log_probs, 1, logits.dtype, out=self.grad_log_probs)
-        g = self.grad_log_probs
-        # ... and for each linear layer: dW = gᵀ·in, db = Σ g, d(in) = g·W, masked by ReLU.
-        for i in range(len(self.layers) - 1, -1, -1):
-            layer = self.layers[i]
-            assert layer.weight.grad is not None and layer.bias.grad is not None
-            torch.mm(g.t(), inputs[i], out=layer.weight.grad)
-            torch.sum(g, 0, out=layer.bias.grad)
-            if i > 0:
-                below = self.grad_acts[i - 1]
-                torch.mm(g, layer.weight, out=below)
-                # ReLU's backward, as autograd does it: zero where the activation is <= 0.
-                _threshold_backward(below, inputs[i], 0.0, grad_input=below)
-                g = below
+        _nll_backward(
+            self.one, log_probs, y, None, _MEAN, _IGNORE, self.total, grad_input=self.grad_nll
+        )
+        _log_softmax_backward(self.grad_nll, log_probs, 1, log_probs.dtype, out=self.grad_log_probs)
+        # ... and for each linear layer: dW = gᵀ·in, db = Σ g, d(in) = g·W, masked by ReLU
+        # (zero where the activation is <= 0, as autograd's threshold_backward).
+        for g, g_t, inp, weight_grad, bias_grad, weight, below, act in self.backward_plan:
+            torch.mm(g_t, inp, out=weight_grad)
+            torch.sum(g, 0, out=bias_grad)
+            if below is not None:
+                torch.mm(g, weight, out=below)
+                _threshold_backward(below, act, 0.0, grad_input=below)
         if l2:
             torch._foreach_add_(self.weight_grads, self.l2_held, alpha=l2)
         self._sgd(lr)
-        return loss
 
     def _sgd(self, lr: float | torch.Tensor) -> None:
         # As torch.optim.SGD's foreach path: p += -lr · g.
@@ -200,12 +221,12 @@ class FusedDenseEngine(Engine):
     def run(self, run: Run, n: int, losses: torch.Tensor) -> None:
         self._images, self._labels = run.data.train.images, run.data.train.labels
         order = _stretch_order(run, n)
-        l2 = run.config.optim.l2
+        l2, ema = run.config.optim.l2, run.ema
         for i in range(n):
             run.lr = self.lr_at(run, run.step + i)
-            losses[i] = self.step_math(order[i], run.lr, l2)
-            if run.ema is not None:
-                run.ema.update()
+            self.step_math(order[i], run.lr, l2, losses[i])
+            if ema is not None:
+                ema.update()
 
 
 def _grad(p: torch.Tensor) -> torch.Tensor:
