@@ -94,7 +94,9 @@ def main() -> None:
     parser.add_argument("--json", default=None, help="also write the figures to this file")
     args = parser.parse_args()
     dataset, data_dir = default_data()
-    dataset, data_dir = args.dataset or dataset, args.data_dir or data_dir
+    if args.data_dir:  # a folder of the four files is full MNIST unless --dataset says otherwise
+        dataset, data_dir = "mnist", args.data_dir
+    dataset = args.dataset or dataset
     card = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no CUDA device"
     print(f"machine: {machine()}", flush=True)
     figures: dict[str, Any] = {"card": card, "torch": torch.__version__, "dataset": dataset}
