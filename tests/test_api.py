@@ -123,6 +123,7 @@ def _run(blocks: list[str], where: str) -> dict:
     return namespace
 
 
+@pytest.mark.slow
 def test_readme_python_blocks_run(tmp_path, monkeypatch):
     text = (ROOT / "README.md").read_text(encoding="utf-8")
     blocks = re.findall(r"^```python\n(.*?)^```", text, flags=re.S | re.M)
@@ -134,6 +135,7 @@ def test_readme_python_blocks_run(tmp_path, monkeypatch):
     assert (tmp_path / "curves.png").stat().st_size > 10_000
 
 
+@pytest.mark.slow
 def test_notebook_runs(tmp_path, monkeypatch):
     path = ROOT / "docs" / "api.ipynb"
     notebook = json.loads(path.read_text(encoding="utf-8"))

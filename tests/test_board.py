@@ -88,6 +88,7 @@ def test_board_bad_host_is_one_line(tmp_path, capsys, host):
     assert len(err.splitlines()) == 1
 
 
+@pytest.mark.slow
 def test_board_stops_tensorboard_on_sigterm(tmp_path):
     import os
     import signal

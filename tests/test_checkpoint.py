@@ -20,7 +20,6 @@ import mnistlab
 from mnistlab.apps.cli import main
 from mnistlab.config import set_value
 from mnistlab.errors import CheckpointError, ConfigError
-from mnistlab.io.checkpoint import fileformat as ck
 from mnistlab.io.checkpoint import (
     CheckpointCallback,
     load_checkpoint,
@@ -28,6 +27,7 @@ from mnistlab.io.checkpoint import (
     save_checkpoint,
     step_checkpoints,
 )
+from mnistlab.io.checkpoint import fileformat as ck
 from mnistlab.train import build_run, train
 
 from .conftest import small_config
@@ -228,6 +228,7 @@ ck.save_checkpoint(path, {"step": 2, "model": {"w": torch.full((1 << 20,), 2.0)}
 """
 
 
+@pytest.mark.slow
 def test_kill_9_during_save_keeps_previous_checkpoint(tmp_path):
     folder = tmp_path / "run" / "checkpoints"
     target = save_checkpoint(
@@ -252,6 +253,7 @@ def test_kill_9_during_save_keeps_previous_checkpoint(tmp_path):
     assert torch.equal(ckpt.state["model"]["w"], torch.ones(1 << 20))
 
 
+@pytest.mark.slow
 def test_resume_cli_settings(sample_splits, tmp_path, monkeypatch, capsys):
     """--resume DIR needs no flags; unsafe changes are refused; auto finds the same config."""
     monkeypatch.chdir(tmp_path)
@@ -351,6 +353,7 @@ def interrupt_training(run_dir: Path, ready, signals: int, *settings: str) -> tu
     return child.returncode, err
 
 
+@pytest.mark.slow
 def test_ctrl_c_saves_and_resume_finishes(tmp_path):
     """SIGINT to `mnistlab train`: a checkpoint at the current step, exit 130, a resume hint;
     then `--resume DIR` finishes the run."""
@@ -377,6 +380,7 @@ def test_ctrl_c_saves_and_resume_finishes(tmp_path):
     assert json.loads(done.stdout.strip().splitlines()[-1])["steps"] == stopped + 10
 
 
+@pytest.mark.slow
 def test_second_ctrl_c_exits_at_once_and_corrupts_nothing(tmp_path):
     """Two SIGINTs in quick succession while checkpoints are being written often: the process
     ends promptly, and every checkpoint left in the folder is whole and loadable."""

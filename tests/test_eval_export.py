@@ -81,6 +81,7 @@ def test_safetensors_round_trip(run_dir, tmp_path, sample_splits):
         assert torch.equal(rebuilt(sample_splits.test.images), model(sample_splits.test.images))
 
 
+@pytest.mark.slow
 def test_onnx_matches_pytorch(run_dir, tmp_path, sample_splits, capsys):
     ort = pytest.importorskip("onnxruntime")
     pytest.importorskip("onnxscript")

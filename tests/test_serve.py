@@ -356,6 +356,7 @@ def _wait_for_reading(driver) -> dict:
     return WebDriverWait(driver, 15, poll_frequency=0.05).until(lambda d: d.execute_script(script))
 
 
+@pytest.mark.slow
 def test_page_reads_digits_drawn_in_chromium(browser, server, sample_splits, tmp_path):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait

@@ -26,6 +26,7 @@ def test_seed_softmax_on_sample(sample_splits):
     assert sum(map(sum, result.test.confusion)) == 1000
 
 
+@pytest.mark.slow
 def test_short_seed_mlp_on_sample(sample_splits):
     config = resolve("seed-mlp", None, ["train.steps=600", "train.eval_every=200"])
     result = train(config, sample_splits)
@@ -137,6 +138,7 @@ def test_cli_bad_settings_are_one_line(capsys, tmp_path, args, message):
     assert message in err and "Traceback" not in err
 
 
+@pytest.mark.slow
 def test_full_mnist_softmax_and_mlp(shared_mnist):
     from mnistlab.data import load_splits
 
@@ -148,6 +150,7 @@ def test_full_mnist_softmax_and_mlp(shared_mnist):
     assert mlp.test is not None and mlp.test.accuracy >= 0.95
 
 
+@pytest.mark.slow
 def test_validation_split_is_the_first_training_images(shared_mnist):
     from mnistlab.data import load_arrays, load_splits, locate
 
