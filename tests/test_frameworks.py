@@ -64,6 +64,7 @@ def test_next_batch_takes_the_rest_of_an_epoch_then_a_new_one():
     assert len(set(crossing[2:])) == 2
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("framework", frameworks.FRAMEWORKS)
 def test_smoke_each_framework_trains_a_few_steps(framework, tmp_path, capsys):
     why = frameworks.missing(framework)
@@ -106,6 +107,7 @@ def test_a_missing_framework_is_skipped_with_its_install_line(monkeypatch, tmp_p
     assert json.loads((tmp_path / "frameworks.json").read_text())["skipped"]["jax"]
 
 
+@pytest.mark.slow
 def test_parity_with_tensorflow_step_by_step(tmp_path, capsys):
     why = frameworks.missing("tf-v1")
     if why:

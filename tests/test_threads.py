@@ -6,12 +6,14 @@ import subprocess
 import sys
 import time
 
+import pytest
 import torch
 
 from mnistlab.config import resolve
-from mnistlab.train.state import auto_threads, busy_cores, build_run, cpu_threads
+from mnistlab.train.state import auto_threads, build_run, busy_cores, cpu_threads
 
 
+@pytest.mark.slow
 def test_a_busy_job_is_seen_and_leaves_its_core():
     busy = subprocess.Popen([sys.executable, "-c", "while True: pass"])
     try:
