@@ -28,6 +28,7 @@ import json
 import math
 import sys
 import time
+import types
 import warnings
 from pathlib import Path
 from typing import IO, Any
@@ -139,6 +140,15 @@ def hparam_values(config: Any) -> dict[str, bool | int | float | str]:
     return out
 
 
+def _tensorboard_without_tensorflow() -> None:
+    """Writing events needs only tensorboard's own protos, but where TensorFlow is installed
+    tensorboard imports all of it on first use (seconds of start-up and a page of oneDNN log
+    lines). Its documented switch, an importable ``tensorboard.compat.notf``, keeps it on its
+    own TensorFlow stub; a process that imported TensorFlow itself keeps using it."""
+    if "tensorflow" not in sys.modules:
+        sys.modules.setdefault("tensorboard.compat.notf", types.ModuleType("notf"))
+
+
 class TrackingCallback(Callback):
     """Writes TensorBoard events and ``metrics.jsonl`` into ``run_dir``.
 
@@ -202,6 +212,7 @@ class TrackingCallback(Callback):
         if self.jsonl:
             self.metrics = MetricsFile(self.run_dir / METRICS_FILE)
         if self.tensorboard:
+            _tensorboard_without_tensorflow()
             # Imported here, once, so their first use inside the loop costs no import time.
             import PIL.ImageDraw  # noqa: F401
             import tensorboard.compat.proto.summary_pb2  # noqa: F401

@@ -216,15 +216,15 @@ class _Loop:
         val = run.data.validation
         run.strategy.train_mode(False)
         try:
-            result = run.evaluate(val, use_ema=True)
+            predicted = run.predict(val.images, use_ema=True)
             raw = run.evaluate(val, use_ema=False) if (w.raw_eval and run.ema) else None
-            pool = min(w.misclassified, len(val))
-            predicted = run.predict(val.images[:pool], use_ema=True) if pool else None
         finally:
             run.strategy.train_mode(True)
+        pool = min(w.misclassified, len(val))
         new_best = False
         record = None
-        if result is not None:  # main rank
+        if predicted is not None:  # main rank
+            result = summarize(predicted, val.labels, run.data.num_classes)
             run.validation_accuracy = result.accuracy
             best = run.best_validation_accuracy
             new_best = best is None or result.accuracy > best
@@ -239,8 +239,8 @@ class _Loop:
                 else (result.accuracy if run.ema is None else None),
                 best_validation_accuracy=run.best_validation_accuracy,
                 new_best=new_best,
-                misclassified=_misclassified(val.images[:pool], val.labels[:pool], predicted)
-                if predicted is not None
+                misclassified=_misclassified(val.images[:pool], val.labels[:pool], predicted[:pool])
+                if pool
                 else None,
             )
         new_best = bool(run.strategy.broadcast_object(new_best))
