@@ -273,9 +273,6 @@ class _Recorder(Callback):
     def on_start(self, run: Any) -> None:
         self.run = run
 
-    def on_step(self, run: Any) -> None:
-        """(The loop before the boundary rework called this after every step.)"""
-
     def on_log(self, run: Any, record: Any) -> None:
         self.history.append(record.to_dict() if hasattr(record, "to_dict") else dict(record))
 
@@ -291,7 +288,7 @@ class _Recorder(Callback):
         if self.state is not None:
             ema = self.state.get("ema") or {}
             return ema.get("shadows") or self.state["model"]
-        run = self.run  # a loop that hands out no states: read the strategy directly
+        run = self.run  # no step ran (nothing to hand over): the weights as they are
         tensors = run.ema.shadows if run.ema is not None else run.parameters()
         return dict(run.strategy.full_state(tensors))
 
