@@ -23,7 +23,6 @@ defaults; the hooks themselves ~1.5%), as ``benchmarks/tracking.py`` measures.
 
 from __future__ import annotations
 
-import io
 import json
 import math
 import sys
@@ -106,30 +105,30 @@ def _finite(record: dict[str, Any]) -> dict[str, Any]:
 
 
 @torch.no_grad()
-def histogram_proto(tensor: torch.Tensor, bins: int = HISTOGRAM_BINS) -> Any:
-    """TensorBoard's ``HistogramProto`` of ``tensor``, computed by torch on its own device (a few
-    passes and one small copy, instead of ``add_histogram``'s full copy to numpy)."""
-    from tensorboard.compat.proto.summary_pb2 import HistogramProto
-
+def histogram_values(tensor: torch.Tensor, bins: int = HISTOGRAM_BINS) -> dict[str, Any]:
+    """The arguments of ``SummaryWriter.add_histogram_raw`` for ``tensor``, computed by torch on
+    its own device (a few passes and one small copy, instead of ``add_histogram``'s full copy to
+    numpy). Non-finite values are left out of the buckets."""
     v = tensor.detach().flatten().float()
     low, high = (float(x) for x in torch.aminmax(v))
     if not (math.isfinite(low) and math.isfinite(high)):
         v = v[torch.isfinite(v)]
         if v.numel() == 0:
-            return HistogramProto(num=float(tensor.numel()))
+            empty: dict[str, Any] = {"bucket_limits": [], "bucket_counts": []}
+            return {"min": 0.0, "max": 0.0, "num": 0, "sum": 0.0, "sum_squares": 0.0, **empty}
         low, high = (float(x) for x in torch.aminmax(v))
     top = high if high > low else low + 1e-6
     counts = torch.histc(v, bins=bins, min=low, max=top)
     edges = torch.linspace(low, top, bins + 1, dtype=torch.float64)[1:]
-    return HistogramProto(
-        min=low,
-        max=high,
-        num=float(v.numel()),
-        sum=float(v.sum()),
-        sum_squares=float(v.dot(v)),
-        bucket_limit=edges.tolist(),
-        bucket=counts.cpu().tolist(),
-    )
+    return {
+        "min": low,
+        "max": high,
+        "num": int(v.numel()),
+        "sum": float(v.sum()),
+        "sum_squares": float(v.dot(v)),
+        "bucket_limits": edges.tolist(),
+        "bucket_counts": counts.cpu().tolist(),
+    }
 
 
 def hparam_values(config: Any) -> dict[str, bool | int | float | str]:
@@ -318,23 +317,8 @@ class TrackingCallback(Callback):
             self._add_png("validation/misclassified", grid, step)
 
     def _add_png(self, tag: str, image: np.ndarray, step: int) -> None:
-        """An ``H x W`` (gray) or ``H x W x 3`` uint8 image as a TensorBoard image summary,
-        PNG-encoded by Pillow at low compression: ``SummaryWriter.add_image`` spends ~5x longer."""
-        from PIL import Image
-        from tensorboard.compat.proto.summary_pb2 import Summary
-
-        buffer = io.BytesIO()
-        Image.fromarray(image).save(buffer, format="PNG", compress_level=1)
-        height, width = image.shape[:2]
-        png = Summary.Image(
-            height=height,
-            width=width,
-            colorspace=1 if image.ndim == 2 else 3,
-            encoded_image_string=buffer.getvalue(),
-        )
-        self.writer._get_file_writer().add_summary(
-            Summary(value=[Summary.Value(tag=tag, image=png)]), step
-        )
+        """An ``H x W`` (gray) or ``H x W x 3`` uint8 image as a TensorBoard image."""
+        self.writer.add_image(tag, image, step, dataformats="HW" if image.ndim == 2 else "HWC")
 
     # -- every histogram_every steps, and bookkeeping after each step ----------------------------
     def on_boundary(self, run: RunView, steps_done: int) -> None:
@@ -352,16 +336,13 @@ class TrackingCallback(Callback):
         """This rank's parameters and their gradients (still in ``.grad`` right after the step:
         the next step zeroes them). Under tensor or pipeline parallelism these are the main rank's
         shards."""
-        from tensorboard.compat.proto.summary_pb2 import Summary
-
-        values = []
+        add = self.writer.add_histogram_raw
         for name, param in run.named_parameters():
             local = param.to_local() if hasattr(param, "to_local") else param
-            values.append(Summary.Value(tag=f"weights/{name}", histo=histogram_proto(local)))
+            add(f"weights/{name}", global_step=run.step, **histogram_values(local))
             if param.grad is not None:
                 grad = param.grad.to_local() if hasattr(param.grad, "to_local") else param.grad
-                values.append(Summary.Value(tag=f"gradients/{name}", histo=histogram_proto(grad)))
-        self.writer._get_file_writer().add_summary(Summary(value=values), run.step)
+                add(f"gradients/{name}", global_step=run.step, **histogram_values(grad))
 
     def _flush_pending(self) -> None:
         if self._pending is not None and self.metrics is not None:
@@ -390,10 +371,8 @@ class TrackingCallback(Callback):
         self._close()
 
     def _write_hparams(self, run: RunView, summary: dict[str, Any]) -> None:
-        """The hparams plugin's experiment, session start and end, in this run's own folder
-        (``SummaryWriter.add_hparams`` would put them in a new sub-run named by the clock)."""
-        from torch.utils.tensorboard.summary import hparams
-
+        """The resolved config and the final metrics in the hparams plugin, in this run's own
+        folder (``run_name="."``: by default ``add_hparams`` makes a sub-run named by the clock)."""
         names = (
             "test_accuracy",
             "validation_accuracy",
@@ -402,12 +381,9 @@ class TrackingCallback(Callback):
         )
         metrics = {f"hparams/{k}": float(summary[k]) for k in names if summary.get(k) is not None}
         metrics["hparams/steps"] = float(run.step)
-        experiment, start, end = hparams(hparam_values(run.config), metrics)
-        file_writer = self.writer._get_file_writer()
-        for proto in (experiment, start, end):
-            file_writer.add_summary(proto)
-        for tag, value in metrics.items():
-            self.writer.add_scalar(tag, value, run.step)
+        self.writer.add_hparams(
+            hparam_values(run.config), metrics, run_name=".", global_step=run.step
+        )
 
     def _close(self) -> None:
         self._flush_pending()
