@@ -23,14 +23,13 @@ defaults; the hooks themselves ~1.5%), as ``benchmarks/tracking.py`` measures.
 
 from __future__ import annotations
 
-import json
 import math
 import sys
 import time
 import types
 import warnings
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import numpy as np
 import torch
@@ -46,6 +45,7 @@ from mnistlab.io.callbacks import (
     Wants,
 )
 from mnistlab.io.digits import misclassified_grid
+from mnistlab.io.metrics_file import MetricsFile, finite
 from mnistlab.io.plots import METRICS_FILE
 from mnistlab.models import build_model
 
@@ -57,51 +57,6 @@ HISTOGRAM_BINS = 64
 ``"tensorflow"`` buckets cost ~10x more (tens of ms for the 392k weights of seed-mlp)."""
 SMOOTHING = 0.9
 """Weight of the past in ``train/loss_smoothed`` (a debiased moving average over log points)."""
-
-
-class MetricsFile:
-    """Append-only JSON Lines, one object per line, flushed at each newline (line buffering)."""
-
-    def __init__(self, path: Path):
-        self.path = path
-        try:
-            torn = _ends_torn(path)
-            self._file: IO[str] | None = open(path, "a", buffering=1, encoding="utf-8")  # noqa: SIM115
-            if torn:  # a crash cut the last line: end it, so the resumed run's lines stay whole
-                self._file.write("\n")
-        except OSError as exc:
-            raise TrackingError(f"cannot write {path}: {exc.strerror or exc}") from None
-
-    def write(self, record: dict[str, Any]) -> None:
-        if self._file is not None:
-            self._file.write(json.dumps(record, allow_nan=False, default=_plain) + "\n")
-
-    def close(self) -> None:
-        if self._file is not None:
-            self._file.close()
-            self._file = None
-
-
-def _ends_torn(path: Path) -> bool:
-    """Does the file end in the middle of a line (a crash while writing it)?"""
-    if not path.exists() or path.stat().st_size == 0:
-        return False
-    with open(path, "rb") as f:
-        f.seek(-1, 2)
-        return f.read(1) != b"\n"
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, (torch.Tensor, np.generic)):
-        return value.item()
-    return str(value)
-
-
-def _finite(record: dict[str, Any]) -> dict[str, Any]:
-    """JSON has no NaN: such values become ``null``."""
-    return {
-        k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in record.items()
-    }
 
 
 @torch.no_grad()
@@ -346,7 +301,7 @@ class TrackingCallback(Callback):
 
     def _flush_pending(self) -> None:
         if self._pending is not None and self.metrics is not None:
-            self.metrics.write(_finite(self._pending))
+            self.metrics.write(finite(self._pending))
         self._pending = None
 
     # -- the end -----------------------------------------------------------------------------------
@@ -363,7 +318,7 @@ class TrackingCallback(Callback):
                 "samples_per_second": summary.get("samples_per_second"),
                 "elapsed": round(time.perf_counter() - self._began, 3),
             }
-            self.metrics.write(_finite(final))
+            self.metrics.write(finite(final))
         if self.writer is not None:
             if summary.get("test_accuracy") is not None:
                 self.writer.add_scalar("test/accuracy", summary["test_accuracy"], run.step)
