@@ -130,15 +130,15 @@ def test_minimum_versions_come_from_the_installed_requirements(monkeypatch):
     """doctor reads mnistlab's own Requires-Dist (pyproject.toml) and compares with packaging."""
     from packaging.requirements import Requirement
 
-    from mnistlab.apps import doctor
+    from mnistlab.apps import environment as env
 
-    python, requirements = doctor.declared_requirements()
+    python, requirements = env.declared_requirements()
     assert str(requirements["torch"].specifier).startswith(">=") and python is not None
     monkeypatch.setattr(
-        doctor,
+        env,
         "declared_requirements",
         lambda: (python, {**requirements, "numpy": Requirement("numpy>=999")}),
     )
-    numpy = next(f for f in doctor.version_findings() if f.check == "numpy")
+    numpy = next(f for f in env.version_findings() if f.check == "numpy")
     assert numpy.status == "problem" and "numpy>=999" in numpy.detail + numpy.fix
-    assert doctor._same_version("2.4.0+cpu", "2.4.0") and not doctor._same_version("2.4.1", "2.4.0")
+    assert env._same_version("2.4.0+cpu", "2.4.0") and not env._same_version("2.4.1", "2.4.0")
