@@ -1,4 +1,5 @@
-"""``train.device`` resolved once (``parallel.device``) for one process and for each rank."""
+"""``train.device`` resolved once (``parallel.device``) for one process and for each rank; every
+parallel mode registered with a strategy."""
 
 from __future__ import annotations
 
@@ -39,3 +40,10 @@ def test_each_rank_takes_its_own_gpu(monkeypatch: pytest.MonkeyPatch, capsys) ->
     assert "training on the CPU with gloo" in capsys.readouterr().err
     assert resolve_device("auto", local_rank=1, local_world=2) == torch.device("cpu")
     assert capsys.readouterr().err == ""  # said once, by local rank 0
+
+
+def test_every_parallel_mode_has_a_strategy():
+    from mnistlab.config.schema import PARALLEL_MODES
+    from mnistlab.parallel import STRATEGIES
+
+    assert {"none", *STRATEGIES} == set(PARALLEL_MODES)

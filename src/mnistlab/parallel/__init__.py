@@ -10,6 +10,7 @@ DTensor, pipelining) are imported only when asked for, so one-process runs stay 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from mnistlab.errors import ParallelError
@@ -19,12 +20,48 @@ if TYPE_CHECKING:
     from mnistlab.config import Config
 
 
+def _data(config: Config) -> Strategy:
+    from mnistlab.parallel.data_parallel import DataParallel
+
+    return DataParallel(config.train.batch_size, device=config.train.device)
+
+
+def _async(config: Config) -> Strategy:
+    from mnistlab.parallel.async_parallel import AsyncParallel
+
+    return AsyncParallel(device=config.train.device)
+
+
+def _tensor(config: Config) -> Strategy:
+    from mnistlab.parallel.tensor_parallel import TensorParallel
+
+    return TensorParallel(device=config.train.device)
+
+
+def _pipeline(config: Config) -> Strategy:
+    from mnistlab.parallel.pipeline import PipelineParallel
+
+    p, t = config.parallel, config.train
+    return PipelineParallel(t.batch_size, p.schedule, p.microbatches, device=t.device)
+
+
+STRATEGIES: dict[str, Callable[[Config], Strategy]] = {
+    "data": _data,
+    "async": _async,
+    "tensor": _tensor,
+    "pipeline": _pipeline,
+}
+"""``parallel.mode`` -> the strategy it starts in each worker (``none``: one process, no
+strategy). A mode is one module with a ``Strategy`` subclass, one factory here importing it when
+asked for, and its name in ``config.schema.PARALLEL_MODES``."""
+
+
 def make_parallel_strategy(config: Config) -> Strategy | None:
     """The strategy for ``config.parallel.mode`` in a torchrun worker; ``None`` for one process."""
     from mnistlab.parallel.dist import under_torchrun
 
-    p, t = config.parallel, config.train
-    if p.mode == "none":
+    mode = config.parallel.mode
+    if mode == "none":
         world = int(os.environ.get("WORLD_SIZE", "1"))
         if under_torchrun() and world > 1:
             raise ParallelError(
@@ -32,25 +69,16 @@ def make_parallel_strategy(config: Config) -> Strategy | None:
                 "train alone): add --parallel data (or async, tensor, pipeline)"
             )
         return None
-    if p.mode == "data":
-        from mnistlab.parallel.data_parallel import DataParallel
-
-        return DataParallel(t.batch_size, device=t.device)
-    if p.mode == "async":
-        from mnistlab.parallel.async_parallel import AsyncParallel
-
-        return AsyncParallel(device=t.device)
-    if p.mode == "tensor":
-        from mnistlab.parallel.tensor_parallel import TensorParallel
-
-        return TensorParallel(device=t.device)
-    if p.mode == "pipeline":
-        from mnistlab.parallel.pipeline import PipelineParallel
-
-        return PipelineParallel(t.batch_size, p.schedule, p.microbatches, device=t.device)
-    raise ParallelError(
-        f"unknown parallel mode {p.mode!r}: choose none, data, async, tensor or pipeline"
-    )
+    if mode not in STRATEGIES:
+        raise ParallelError(f"unknown parallel mode {mode!r}: choose none, {', '.join(STRATEGIES)}")
+    return STRATEGIES[mode](config)
 
 
-__all__ = ["LossFn", "MakeOptimizer", "ParallelError", "Strategy", "make_parallel_strategy"]
+__all__ = [
+    "STRATEGIES",
+    "LossFn",
+    "MakeOptimizer",
+    "ParallelError",
+    "Strategy",
+    "make_parallel_strategy",
+]
