@@ -92,6 +92,11 @@ def main() -> None:
     parser.add_argument("--short-steps", type=int, default=5_000, help="for the slow engines")
     parser.add_argument("--lenet-steps", type=int, default=2_000)
     parser.add_argument("--json", default=None, help="also write the figures to this file")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="only the default engine's loop and lenet's (no whole commands, no slow engines)",
+    )
     args = parser.parse_args()
     dataset, data_dir = default_data()
     if args.data_dir:  # a folder of the four files is full MNIST unless --dataset says otherwise
@@ -108,7 +113,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as cache:
         # One compile cache for the whole script: the first command finds it empty (cold).
         os.environ["TORCHINDUCTOR_CACHE_DIR"] = cache
-        for label in ("cold cache", "warm cache"):
+        for label in () if args.quick else ("cold cache", "warm cache"):
             try:
                 report(
                     f"mnistlab train --preset seed-mlp ({label})",
@@ -126,6 +131,8 @@ def in_process_figures(
 ) -> None:
     data = load_splits(dataset, data_dir).to(args.device)
     for engine, extra in ENGINES.items():
+        if args.quick and engine != "graphs":
+            continue
         steps = args.steps if "graphs" in engine else args.short_steps
         try:
             value = in_process(data, "seed-mlp", steps, args.device, extra)
