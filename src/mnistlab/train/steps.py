@@ -238,10 +238,9 @@ def _stretch_order(run: Run, n: int) -> torch.Tensor:
     """The next ``n`` batches of the data order as one ``[n, batch]`` tensor on the device (one
     copy per stretch instead of one per step; the batcher stays the single source of order)."""
     order = torch.stack([run.batcher.next_indices() for _ in range(n)])
-    device = run.data.train.images.device
-    if device.type == "cuda":
-        return order.pin_memory().to(device, non_blocking=True)
-    return order
+    # A plain (synchronous) copy: the host buffer is free again when it returns, and the loop
+    # waits for the device at the next boundary anyway.
+    return order.to(run.data.train.images.device)
 
 
 def dense_step(
@@ -403,7 +402,7 @@ class TabledDenseEngine(FusedDenseEngine):
         first, ema = run.step, run.ema
         lrs = [self.lr_at(run, first + i) for i in range(n)]
         pad = [0.0] * (self.chunk - n)
-        self.order[:n].copy_(_stretch_order(run, n), non_blocking=True)
+        self.order[:n].copy_(_stretch_order(run, n))
         _to_device(self.lrs, lrs + pad)
         if ema is not None:
             w = [1.0 - ema_decay_at(ema.num_updates + i, ema.decay) for i in range(n)]
@@ -427,10 +426,7 @@ class TabledDenseEngine(FusedDenseEngine):
 
 
 def _to_device(table: torch.Tensor, values: list[float]) -> None:
-    host = torch.tensor(values, dtype=table.dtype)
-    if table.device.type == "cuda":
-        host = host.pin_memory()
-    table.copy_(host, non_blocking=True)
+    table.copy_(torch.tensor(values, dtype=table.dtype))
 
 
 def select_engine(run: Run) -> tuple[Engine, str | None]:
