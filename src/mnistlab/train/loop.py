@@ -121,7 +121,7 @@ class _Loop:
         self.wants: Wants = reduce(Wants.merge, (cb.wants(run) for cb in run.callbacks), Wants())
         self.engine: Engine
         self.engine, self.fallback_reason = select_engine(run)
-        # L2 applies to weight matrices and kernels, never biases (``models.weight_names``).
+        # L2 applies to weight matrices and kernels, never biases (the parameters with two or more dimensions).
         self.weights = [p for p in run.parameters() if p.ndim >= 2]
         self.last_checkpoint_step: int | None = None
         self.steps_run = 0

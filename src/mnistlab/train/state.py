@@ -16,10 +16,10 @@ import torch
 
 from mnistlab.config import Config, to_dict
 from mnistlab.data import Batcher, Split, Splits
-from mnistlab.errors import TrainingError
 from mnistlab.io.callbacks import Callback
 from mnistlab.models import build_model
 from mnistlab.parallel import Strategy
+from mnistlab.parallel.device import resolve_device
 from mnistlab.train.ema import EMA
 from mnistlab.train.metrics import EvalResult, summarize
 from mnistlab.train.optim import build_optimizer
@@ -54,20 +54,6 @@ class TrainResult:
             "ema_weights": self.used_ema,
             "engine": self.engine,
         }
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise TrainingError(
-            f"train.device {name!r} is not a device (use auto, cpu or cuda)"
-        ) from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise TrainingError("train.device asks for CUDA but torch sees no CUDA device")
-    return device
 
 
 def decay_steps_for(config: Config, num_train: int) -> int:
@@ -262,7 +248,9 @@ def build_run(
     strategy = strategy or Strategy(resolve_device(t.device))
     torch.manual_seed(t.seed)
     np.random.seed(t.seed % 2**32)
-    model = build_model(config.model, num_classes=data.num_classes, seed=t.seed)
+    model = build_model(
+        config.model, num_classes=data.num_classes, seed=t.seed, input_shape=data.input_shape
+    )
     strategy.prepare(model, lambda params: build_optimizer(params, config.optim))
     run = Run(
         config=config,

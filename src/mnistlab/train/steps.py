@@ -59,7 +59,7 @@ class AutogradEngine(Engine):
 
     def __init__(self, run: Run):
         self.loss_fn = loss_function(run.config.train.loss)
-        # L2 applies to weight matrices and kernels, never biases (``models.weight_names``).
+        # L2 applies to weight matrices and kernels, never biases (the parameters with two or more dimensions).
         self.weights = [p for p in run.parameters() if p.ndim >= 2]
 
     def run(self, run: Run, n: int, losses: torch.Tensor) -> None:
