@@ -86,7 +86,7 @@ def data_folder(dataset: str, data_dir: str | None) -> tuple[str, int]:
 # -- one framework's runs, in a child process --------------------------------------------------
 def run_one(framework: str, program_name: str, args: argparse.Namespace) -> dict[str, Any]:
     program = PROGRAMS[program_name]
-    steps = args.steps or program.steps
+    steps = args.steps or (args.mlp_steps if program_name == "mlp" else 0) or program.steps
     if framework == "mnistlab":
         from ports import mnistlab_entry
 
@@ -114,6 +114,7 @@ def spawn(framework: str, programs: list[str], args: argparse.Namespace) -> list
     cmd += ["--seed", str(args.seed), "--threads", str(args.threads)]
     cmd += ["--data-dir", args.data_dir] if args.data_dir else []
     cmd += ["--steps", str(args.steps)] if args.steps else []
+    cmd += ["--mlp-steps", str(args.mlp_steps)] if args.mlp_steps else []
     env = {**os.environ, **CHILD_ENV}
     env["PYTHONPATH"] = os.pathsep.join([str(HERE.parent / "src"), env.get("PYTHONPATH", "")])
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=args.timeout)
@@ -243,6 +244,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--frameworks", default=",".join(FRAMEWORKS), help="comma-separated subset")
     p.add_argument("--programs", default="softmax,mlp", help="softmax, mlp or both")
     p.add_argument("--steps", type=int, default=0, help="steps of each program (default: its own)")
+    p.add_argument(
+        "--mlp-steps", type=int, default=0, help="steps of the MLP alone (default: 30,000)"
+    )
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--dataset", default=dataset, help=f"default: {dataset}")
     p.add_argument("--data-dir", default=data_dir, help=f"default: {data_dir}")

@@ -18,6 +18,9 @@ from ports.common import Clock, Data, NextBatch, Program, result
 
 
 def run(program: Program, data: Data, steps: int, seed: int, threads: int) -> dict[str, Any]:
+    if threads == 1:  # XLA's CPU client reads this once, at import
+        flags = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
+        os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {flags}".strip()
     import jax
     import jax.numpy as jnp
     import optax
@@ -85,6 +88,6 @@ def run(program: Program, data: Data, steps: int, seed: int, threads: int) -> di
         validation_accuracy=val_acc,
         final_loss=None if loss is None else float(loss),
         device=str(jax.devices()[0].platform),
-        threads=f"XLA default ({os.cpu_count()} cores)",
+        threads="1" if threads == 1 else f"XLA default ({os.cpu_count()} cores)",
         notes="jax.jit step",
     )
