@@ -226,6 +226,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
 STEP_SETTINGS = (
     "train.steps",
     "train.eval_every",
+    "train.log_every",
     "checkpoint.every",
     "tracking.histogram_every",
 )
