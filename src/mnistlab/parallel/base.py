@@ -42,7 +42,21 @@ class Strategy:
         self.rank = 0
         self.world_size = 1
         self.model: nn.Module | None = None
-        self.optimizer: torch.optim.Optimizer | None = None
+        self._optimizer: torch.optim.Optimizer | None = None
+        self._make_optimizer: Callable[[], torch.optim.Optimizer] | None = None
+
+    @property
+    def optimizer(self) -> torch.optim.Optimizer | None:
+        """Built on first use: constructing a ``torch.optim`` optimizer imports torch's compiler
+        stack (about 2 s on a small CPU), which a run whose engine updates the weights itself
+        (``train/steps.py``) and has no optimizer state never needs."""
+        if self._optimizer is None and self._make_optimizer is not None:
+            self._optimizer, self._make_optimizer = self._make_optimizer(), None
+        return self._optimizer
+
+    @optimizer.setter
+    def optimizer(self, value: torch.optim.Optimizer | None) -> None:
+        self._optimizer, self._make_optimizer = value, None
 
     # -- who writes ------------------------------------------------------------------------------
     @property
@@ -57,7 +71,9 @@ class Strategy:
 
     def prepare(self, model: nn.Module, make_optimizer: MakeOptimizer) -> None:
         self.model = model.to(self.device)
-        self.optimizer = make_optimizer(list(self.model.parameters()))
+        params: list[torch.Tensor] = list(self.model.parameters())
+        self.optimizer = None
+        self._make_optimizer = lambda: make_optimizer(params)
 
     def local_parameters(self) -> list[tuple[str, torch.Tensor]]:
         """``(name, parameter)`` for the parameters this rank holds and updates."""
@@ -124,7 +140,10 @@ class Strategy:
 
     def optimizer_state(self) -> dict[str, Any]:
         """The optimizer's state by parameter name, consolidated like ``full_state`` so that any
-        mode can load it: ``{"tensors": {key: {name: tensor}}, "scalars": {name: {key: value}}}``."""
+        mode can load it: ``{"tensors": {key: {name: tensor}}, "scalars": {name: {key: value}}}``.
+        An optimizer never built has never stepped: its state is empty."""
+        if self._optimizer is None:
+            return {"tensors": {}, "scalars": {}}
         assert self.optimizer is not None
         names = [n for n, _ in self.local_parameters()]
         state = self.optimizer.state_dict()["state"]
@@ -141,6 +160,8 @@ class Strategy:
         return {"tensors": tensors, "scalars": scalars}
 
     def load_optimizer_state(self, saved: dict[str, Any]) -> None:
+        if self._optimizer is None and not saved["tensors"] and not saved["scalars"]:
+            return  # nothing to restore; the optimizer stays unbuilt until something steps it
         assert self.optimizer is not None
         names = [n for n, _ in self.local_parameters()]
         local = {k: self.local_state(full) for k, full in saved["tensors"].items()}
