@@ -292,6 +292,7 @@ class _Loop:
             data_dir=str(run.data.directory),
             used_ema=run.ema is not None,
             engine=self.engine.name,
+            engine_note=self.fallback_reason,
         )
         for cb in run.callbacks:
             cb.on_end(run, result)

@@ -38,7 +38,9 @@ class TrainResult:
     data_dir: str
     used_ema: bool
     engine: str = ""
-    """How the steps ran (``autograd``, ``fused``, ``fused+compiled+cuda-graphs`` …)."""
+    """How the steps ran (``autograd``, ``fused``, ``fused+tables+cuda-graphs`` …)."""
+    engine_note: str | None = None
+    """Why the run stepped through autograd, when it did."""
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -53,6 +55,7 @@ class TrainResult:
             "data_dir": self.data_dir,
             "ema_weights": self.used_ema,
             "engine": self.engine,
+            **({"engine_note": self.engine_note} if self.engine_note else {}),
         }
 
 

@@ -13,12 +13,12 @@ behind, so checkpoints, resume and callbacks never care which one ran:
   is bit-equal on CPU), into buffers allocated once: no graph to build, no fresh 1.5 MB gradient
   on every step, no per-step host work beyond a few kernel calls.
 - ``TabledDenseEngine`` (CUDA by default): the same step as one pure function that reads the
-  learning rate, the EMA weight and the batch indices from device tables, fused further by
-  ``torch.compile`` and captured as a CUDA graph of ``log_every`` steps that is replayed: one
-  launch per stretch, nothing for the host to do between boundaries.
+  learning rate, the EMA weight and the batch indices from device tables, captured as a CUDA
+  graph of ``log_every`` steps that is replayed: one launch per stretch, nothing for the host to
+  do between boundaries; ``train.compile=on`` passes it through ``torch.compile`` first.
 
 ``select_engine`` picks the fastest engine the run allows (``train.fused``, ``train.compile``,
-``train.cuda_graphs`` turn each off) and says why when it falls back.
+``train.cuda_graphs`` switch each) and says why when it falls back to autograd.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
+from mnistlab.errors import TrainingError
 from mnistlab.parallel import Strategy
 from mnistlab.train.ema import ema_decay_at
 from mnistlab.train.objective import add_l2_gradient, exponential_decay, loss_function
@@ -454,8 +455,6 @@ def _on(setting: str, default: bool) -> bool:
 def check_finite_losses(values: Sequence[float], first_step: int) -> None:
     for offset, value in enumerate(values):
         if not math.isfinite(value):
-            from mnistlab.errors import TrainingError
-
             raise TrainingError(
                 f"training diverged: the loss became {value} at step {first_step + offset + 1}; "
                 "lower optim.lr (or use train.loss=stable); checkpoints written before it are kept"
