@@ -39,7 +39,7 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from common import default_data  # noqa: E402
+from common import cpu_name, default_data  # noqa: E402
 from ports.common import PROGRAMS, load  # noqa: E402
 
 FRAMEWORKS = ("mnistlab", "pytorch", "tf-v1", "keras", "jax")
@@ -132,14 +132,8 @@ def spawn(framework: str, programs: list[str], args: argparse.Namespace) -> list
 
 # -- the report -----------------------------------------------------------------------------------
 def machine() -> str:
-    cpu = platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    """The machine without torch's settings: every framework here picks its own threads."""
+    cpu = cpu_name()
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     return f"{cpu}, {cores} cores, Python {platform.python_version()}, {platform.platform()}"
 

@@ -17,6 +17,8 @@ import pytest
 import mnistlab
 from mnistlab.io.checkpoint import step_checkpoints
 
+from .test_parallel import session_alive
+
 pytestmark = pytest.mark.dist
 
 SRC = str(Path(mnistlab.__file__).resolve().parents[1])
@@ -38,18 +40,6 @@ def logged_steps(run: Path) -> int:
     except OSError:
         return 0
     return sum(1 for ln in lines if ln.strip().endswith("}"))
-
-
-def session_alive(pid: int, wait: float) -> bool:
-    deadline = time.monotonic() + wait
-    while True:
-        try:
-            os.killpg(pid, 0)
-        except ProcessLookupError:
-            return False
-        if time.monotonic() > deadline:
-            return True
-        time.sleep(0.2)
 
 
 @pytest.mark.timeout(240)

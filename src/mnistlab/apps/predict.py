@@ -15,6 +15,7 @@ import os
 import stat
 import warnings
 from pathlib import Path
+from typing import IO
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -52,33 +53,40 @@ def _require_regular_file(path: Path) -> None:
 def load_image(path: str | Path) -> np.ndarray:
     """A grey float32 array in [0, 1] (any PIL format, mode and size), or one clear ``DataError``."""
     path = Path(path)
-    where = str(path)
     _require_regular_file(path)
+    if path.stat().st_size == 0:
+        raise DataError(f"{path}: empty file (give a PNG, JPEG, BMP, GIF or TIFF file)")
+    return decode_image(path, where=str(path))
+
+
+def decode_image(
+    source: str | Path | IO[bytes], *, where: str, max_pixels: int = MAX_PIXELS
+) -> np.ndarray:
+    """Grey levels in [0, 1] from an image file or a binary stream (``where`` names it in
+    messages). The pixel count in the header is checked before anything is decoded; anything
+    wrong is one ``DataError``."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as img:
-                if img.width * img.height > MAX_PIXELS:
+            with Image.open(source) as img:
+                if img.width * img.height > max_pixels:
                     raise DataError(
                         f"{where}: image of {img.width}x{img.height} pixels is too large "
-                        f"(more than {MAX_PIXELS:,}); scale it down first"
+                        f"(more than {max_pixels:,}); scale it down first"
                     )
                 img.load()
                 return to_grey(ImageOps.exif_transpose(img) or img)
     except DataError:
         raise
-    except FileNotFoundError:
-        raise DataError(f"{where}: no such file") from None
-    except IsADirectoryError:
-        raise DataError(f"{where}: is a folder, not an image") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise DataError(
-            f"{where}: refused: the image claims so many pixels it could be a "
+            f"{where}: refused as too large: it claims so many pixels it could be a "
             "decompression bomb; scale it down first"
         ) from None
     except UnidentifiedImageError:
-        what = "empty file" if path.is_file() and path.stat().st_size == 0 else "not an image"
-        raise DataError(f"{where}: {what} (give a PNG, JPEG, BMP, GIF or TIFF file)") from None
+        raise DataError(
+            f"{where}: not an image (give a PNG, JPEG, BMP, GIF or TIFF file)"
+        ) from None
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         raise DataError(f"{where}: damaged or truncated image ({exc})") from None
 
