@@ -23,6 +23,7 @@ from mnistlab.errors import CheckpointError, ConfigError
 from mnistlab.io.checkpoint import (
     CheckpointCallback,
     load_checkpoint,
+    load_model,
     resolve_checkpoint,
     save_checkpoint,
     step_checkpoints,
@@ -122,6 +123,43 @@ def test_resume_restores_dropout_rng(sample_splits, tmp_path):
         load_checkpoint(tmp_path / "a/checkpoints/step-000008.pt").state,
         load_checkpoint(tmp_path / "b/checkpoints/step-000008.pt").state,
     )
+
+
+def test_batch_norm_statistics_are_saved_and_resumed(sample_splits, tmp_path):
+    """The cnn's batch norm keeps running statistics outside its parameters: a checkpoint holds
+    them, a resume restores them (bit-equal), and a model loaded from it predicts as trained."""
+    config = small_config(
+        "speedrun",
+        "train.steps=8",
+        "optim.warmup_steps=2",
+        "model.hidden=4,8",
+        "train.batch_size=32",
+        "train.eval_every=4",
+        "train.log_every=4",
+    )
+    whole = train(config, sample_splits, callbacks=[CheckpointCallback(tmp_path / "a", every=4)])
+    four = load_checkpoint(tmp_path / "a" / "checkpoints" / "step-000004.pt")
+    assert set(four.state["buffers"]) == {
+        f"conv{i}.norm.{n}"
+        for i in (1, 2)
+        for n in ("running_mean", "running_var", "num_batches_tracked")
+    }
+    assert int(four.state["buffers"]["conv1.norm.num_batches_tracked"]) == 4
+    assert four.state["buffers"]["conv2.norm.running_mean"].abs().sum() > 0
+    train(
+        config,
+        sample_splits,
+        resume_state=four.state,
+        callbacks=[CheckpointCallback(tmp_path / "b", every=4)],
+    )
+    a = load_checkpoint(tmp_path / "a/checkpoints/step-000008.pt").state
+    assert_same_state(a, load_checkpoint(tmp_path / "b/checkpoints/step-000008.pt").state)
+    model, _ = load_model(tmp_path / "a")
+    assert int(model.conv1.norm.num_batches_tracked) == 8
+    with torch.no_grad():
+        predicted = model(sample_splits.test.images).argmax(1)
+    right = int((predicted == sample_splits.test.labels).sum())
+    assert whole.test is not None and right == round(whole.test.accuracy * whole.test.count)
 
 
 def test_retention_keeps_last_k_and_best(sample_splits, tmp_path):

@@ -18,7 +18,7 @@ def test_presets_follow_the_classic_programs():
     assert soft.model.name == "softmax" and soft.optim.lr == 0.5 and soft.train.steps == 1000
     assert soft.optim.ema_decay == 0 and soft.optim.l2 == 0
     assert preset_config("lenet").model.name == "lenet"
-    assert set(PRESETS) == {"seed-softmax", "seed-mlp", "seed-mlp-book", "lenet"}
+    assert set(PRESETS) == {"seed-softmax", "seed-mlp", "seed-mlp-book", "lenet", "speedrun"}
 
 
 def test_overrides_are_typed():
@@ -123,6 +123,9 @@ def test_toml_errors(tmp_path):
             "model.hidden=1000000000 makes a mlp model of 795,000,000,010 parameters",
         ),
         ("optim.momentum=-0.5", r"optim.momentum must be in \[0, 1\)"),
+        ("optim.schedule=cosine", "optim.schedule must be one of exponential, linear"),
+        ("optim.warmup_steps=-1", "optim.warmup_steps must be 0"),
+        ("optim.name=nesterow", "did you mean 'nesterov'"),
     ],
 )
 def test_values_that_cannot_work_are_refused_up_front(override, message):
@@ -166,3 +169,15 @@ def test_explicit_preset_and_a_file_naming_another_are_refused(tmp_path):
     bare.write_text("[train]\nsteps = 70\n")  # a file without a preset takes the flag's
     c = resolve("seed-softmax", bare)
     assert c.preset == "seed-softmax" and c.model.name == "softmax" and c.train.steps == 70
+
+
+def test_a_linear_schedule_needs_steps_after_its_warmup():
+    with pytest.raises(ConfigError, match="leaves no steps for the linear schedule"):
+        resolve("speedrun", None, ["optim.warmup_steps=5000"])
+    assert resolve("seed-mlp", None, ["optim.warmup_steps=40000"]).optim.warmup_steps == 40000
+
+
+@pytest.mark.parametrize("mode", ["data", "async", "tensor", "pipeline"])
+def test_batch_norm_models_train_in_one_process(mode):
+    with pytest.raises(ConfigError, match=f"batch statistics .* without --parallel {mode}"):
+        resolve("speedrun", None, [f"parallel.mode={mode}", "parallel.workers=2"])

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from mnistlab.config import parameter_count, preset_config
+from mnistlab.config import ModelConfig, parameter_count, preset_config
 from mnistlab.config.model_rules import MODEL_RULES
 from mnistlab.errors import ConfigError
 from mnistlab.models import MODELS, build_model, model_spec
@@ -14,6 +14,7 @@ def test_shapes_and_stages():
         ("seed-softmax", ["logits"]),
         ("seed-mlp", ["hidden1", "logits"]),
         ("lenet", ["conv1", "conv2", "fc", "logits"]),
+        ("speedrun", ["conv1", "conv2", "logits"]),
     ]:
         model = build_model(preset_config(preset).model, seed=0)
         assert model.stage_names == stages
@@ -49,15 +50,36 @@ def test_softmax_biases_start_at_zero():
 
 
 def test_every_model_is_registered_with_its_validation_rules():
-    assert set(MODELS) == set(MODEL_RULES) == {"softmax", "mlp", "lenet"}
+    assert set(MODELS) == set(MODEL_RULES) == {"softmax", "mlp", "lenet", "cnn"}
     with pytest.raises(ConfigError, match="did you mean 'lenet'"):
         model_spec("lenett")
 
 
 def test_models_follow_the_input_shape():
     """A model is built for its dataset's image shape; nothing assumes 28x28."""
-    for preset in ("seed-softmax", "seed-mlp", "lenet"):
+    for preset in ("seed-softmax", "seed-mlp", "lenet", "speedrun"):
         model = build_model(preset_config(preset).model, num_classes=5, input_shape=(3, 32, 32))
         assert model(torch.rand(2, 3 * 32 * 32)).shape == (2, 5)
         config = preset_config(preset).model
         assert parameter_count(config, 5, (3, 32, 32)) == sum(p.numel() for p in model.parameters())
+
+
+def test_cnn_blocks_and_batch_norm_start():
+    """The speedrun's CNN: conv 5x5 without bias → batch norm → ReLU → pool, per width; batch norm
+    starts at scale 1 and shift 0 whatever the preset's bias_init says."""
+    model = build_model(preset_config("speedrun").model, seed=0)
+    assert model.conv1.conv.weight.shape == (16, 1, 5, 5) and model.conv1.conv.bias is None
+    assert model.conv2.conv.weight.shape == (32, 16, 5, 5)
+    assert model.logits.linear.weight.shape == (10, 32 * 4 * 4)
+    for norm in (model.conv1.norm, model.conv2.norm):
+        assert torch.all(norm.weight == 1) and torch.all(norm.bias == 0)
+    assert model.conv1.conv.weight.abs().max().item() <= 0.2  # truncated normal, std 0.1
+    one = build_model(ModelConfig(name="cnn", hidden=(8,)))
+    assert one.stage_names == ["conv1", "logits"] and one(torch.rand(3, 784)).shape == (3, 10)
+
+
+def test_cnn_needs_one_or_two_blocks():
+    from mnistlab.config import resolve
+
+    with pytest.raises(ConfigError, match="one or two convolution blocks"):
+        resolve("speedrun", None, ["model.hidden=8,16,32"])

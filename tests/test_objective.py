@@ -5,6 +5,7 @@ import math
 import pytest
 import torch
 
+from mnistlab.config import OptimConfig
 from mnistlab.train import (
     EMA,
     add_l2_gradient,
@@ -12,6 +13,7 @@ from mnistlab.train import (
     ema_decay_at,
     exponential_decay,
     l2_penalty,
+    learning_rate,
     naive_cross_entropy,
 )
 
@@ -30,6 +32,26 @@ def test_learning_rate_at_step_825_staircase():
 
 def test_learning_rate_constant_when_decay_is_one():
     assert exponential_decay(12345, 0.5, 1.0, 550) == 0.5
+
+
+def test_linear_schedule_with_warmup():
+    o = OptimConfig(lr=0.1, schedule="linear", warmup_steps=10)
+    # warm-up: (step + 1) / 10 of the peak, the peak at step 9 and 10, then straight down to 0
+    assert learning_rate(0, o, 550, 110) == pytest.approx(0.01)
+    assert learning_rate(4, o, 550, 110) == pytest.approx(0.05)
+    assert learning_rate(9, o, 550, 110) == pytest.approx(0.1)
+    assert learning_rate(10, o, 550, 110) == pytest.approx(0.1)
+    assert learning_rate(60, o, 550, 110) == pytest.approx(0.05)
+    assert learning_rate(109, o, 550, 110) == pytest.approx(0.001)
+    assert learning_rate(110, o, 550, 110) == 0.0
+
+
+def test_exponential_schedule_is_the_classic_one_and_can_warm_up():
+    o = OptimConfig(lr=0.1, lr_decay=0.99)
+    assert learning_rate(825, o, 550, 30_000) == exponential_decay(825, 0.1, 0.99, 550)
+    warm = OptimConfig(lr=0.1, lr_decay=0.99, warmup_steps=100)
+    assert learning_rate(49, warm, 550, 30_000) == pytest.approx(0.5 * 0.1 * 0.99 ** (49 / 550))
+    assert learning_rate(825, warm, 550, 30_000) == exponential_decay(825, 0.1, 0.99, 550)
 
 
 def test_ema_decay_rule():

@@ -185,7 +185,7 @@ def load(run_or_checkpoint: str | Path, *, raw_weights: bool = False) -> Model:
     """The model of a run folder (its latest checkpoint), ``RUN:best`` or a checkpoint file,
     with the moving-average weights unless ``raw_weights``. Loaded safely (no pickles), on the
     CPU."""
-    from mnistlab.io.checkpoint import load_model
+    from mnistlab.io.checkpoint import load_model, num_classes
 
     module, ckpt = load_model(run_or_checkpoint, use_ema=not raw_weights)
     config = ckpt.config
@@ -197,7 +197,7 @@ def load(run_or_checkpoint: str | Path, *, raw_weights: bool = False) -> Model:
         "steps": ckpt.step,
         "validation_accuracy": ckpt.header.get("validation_accuracy"),
         "test_accuracy": _test_accuracy(ckpt.run_dir),
-        "num_classes": int(ckpt.state["model"]["logits.weight"].shape[0]),
+        "num_classes": num_classes(ckpt.state["model"]),
         "ema_weights": not raw_weights and bool((ckpt.state.get("ema") or {}).get("shadows")),
     }
     return Model(module, config, info)
@@ -263,13 +263,15 @@ class _Recorder(Callback):
             self.state = state
 
     def weights(self) -> dict[str, torch.Tensor]:
-        """The moving average's weights when the run kept one, else the trained parameters."""
+        """The moving average's weights when the run kept one, else the trained parameters;
+        with the model's buffers (batch norm's running statistics) where it has any."""
         if self.state is not None:
             ema = self.state.get("ema") or {}
-            return ema.get("shadows") or self.state["model"]
+            params = ema.get("shadows") or self.state["model"]
+            return {**params, **(self.state.get("buffers") or {})}
         run = self.run  # no step ran (nothing to hand over): the weights as they are
         tensors = run.ema.shadows if run.ema is not None else run.parameters()
-        return dict(run.strategy.full_state(tensors))
+        return {**run.strategy.full_state(tensors), **run.strategy.full_buffers()}
 
 
 @dataclass

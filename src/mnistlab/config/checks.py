@@ -17,6 +17,7 @@ from mnistlab.config.model_rules import MODEL_RULES, parameter_count
 from mnistlab.config.schema import (
     INIT_NAMES,
     LOSS_NAMES,
+    LR_SCHEDULES,
     OPTIMIZER_NAMES,
     PARALLEL_MODES,
     SCHEDULES,
@@ -85,7 +86,9 @@ def _check_model_size(config: Config) -> None:
     every parameter; refuse a model whose copies cannot fit in the memory this machine has."""
     m, o = config.model, config.optim
     params = parameter_count(m)
-    copies = 2 + (o.ema_decay > 0) + {"sgd": 0, "momentum": 1, "adam": 2}.get(o.name, 2)
+    copies = (
+        2 + (o.ema_decay > 0) + {"sgd": 0, "momentum": 1, "nesterov": 1, "adam": 2}.get(o.name, 2)
+    )
     need = params * 4 * copies
     have = available_memory()
     if have is not None and need > have:
@@ -94,6 +97,19 @@ def _check_model_size(config: Config) -> None:
             f"parameters, about {_human(need)} to train (weights, gradients, average, optimizer "
             f"state) but this machine has {_human(have)} of memory available: choose smaller "
             "layers (seed-mlp uses 500)"
+        )
+
+
+def _check_batch_statistics(config: Config) -> None:
+    """A model with batch norm computes on whole batches and keeps running statistics: split
+    across ranks or micro-batches, each part would normalise with its own statistics, and the
+    parallel modes carry parameters between ranks, not those statistics. One process trains it."""
+    m, p = config.model, config.parallel
+    if MODEL_RULES[m.name].batch_statistics and p.mode != "none":
+        raise ConfigError(
+            f"model {m.name!r} normalises with batch statistics (batch norm), which mnistlab's "
+            f"parallel modes do not split or carry between ranks: train it without "
+            f"--parallel {p.mode} (one process)"
         )
 
 
@@ -112,6 +128,7 @@ def validate(config: Config) -> Config:
     _choice(m.name, tuple(MODEL_RULES), "model.name")
     _choice(m.init, INIT_NAMES, "model.init")
     _choice(o.name, OPTIMIZER_NAMES, "optim.name")
+    _choice(o.schedule, LR_SCHEDULES, "optim.schedule")
     _choice(t.loss, LOSS_NAMES, "train.loss")
     _choice(t.compile, SWITCHES, "train.compile")
     _choice(t.cuda_graphs, SWITCHES, "train.cuda_graphs")
@@ -139,6 +156,13 @@ def validate(config: Config) -> Config:
         raise ConfigError(
             f"optim.ema_decay must be in [0, 1) (0 turns the average off); got {o.ema_decay}"
         )
+    if o.warmup_steps < 0:
+        raise ConfigError(f"optim.warmup_steps must be 0 (none) or positive; got {o.warmup_steps}")
+    if o.schedule == "linear" and o.warmup_steps >= t.steps:
+        raise ConfigError(
+            f"optim.warmup_steps={o.warmup_steps} leaves no steps for the linear schedule to fall "
+            f"over (train.steps={t.steps}): make it smaller than train.steps"
+        )
     if o.l2 < 0:
         raise ConfigError(f"optim.l2 must not be negative; got {o.l2}")
     if not 0 <= o.momentum < 1:
@@ -153,6 +177,7 @@ def validate(config: Config) -> Config:
     if reason:
         raise ConfigError(f"model.hidden {reason}")
     _check_model_size(config)
+    _check_batch_statistics(config)
     v = config.data.validation_size
     if v is not None and v < 1:
         raise ConfigError(

@@ -26,6 +26,9 @@ class ModelRules:
     """Parameters ``build_model`` makes for (settings, input shape, number of classes)."""
     hidden_error: Callable[[tuple[int, ...]], str | None] = lambda hidden: None
     """Why ``model.hidden`` does not fit this model (``None``: it fits)."""
+    batch_statistics: bool = False
+    """The model normalises with statistics of the batch (batch norm): it trains in one process
+    (splitting a batch across ranks or into micro-batches would change its arithmetic)."""
 
 
 def _dense_count(widths: tuple[int, ...], inputs: int, classes: int) -> int:
@@ -48,6 +51,26 @@ def _lenet_count(model: ModelConfig, shape: Shape, classes: int) -> int:
     return convs + (64 * (h // 4) * (w // 4) * fc + fc) + (fc * classes + classes)
 
 
+def _cnn_side(side: int, blocks: int) -> int:
+    for _ in range(blocks):  # a 5x5 convolution without padding, then 2x2 pooling
+        side = (side - 4) // 2
+    return side
+
+
+def cnn_features(widths: tuple[int, ...], shape: Shape) -> int:
+    """Features the ``cnn`` model's last block hands to its linear layer."""
+    _, h, w = shape
+    return widths[-1] * _cnn_side(h, len(widths)) * _cnn_side(w, len(widths))
+
+
+def _cnn_count(model: ModelConfig, shape: Shape, classes: int) -> int:
+    total, c = 0, shape[0]
+    for width in model.hidden:
+        total += 5 * 5 * c * width + 2 * width  # kernel, then batch norm's scale and shift
+        c = width
+    return total + cnn_features(model.hidden, shape) * classes + classes
+
+
 MODEL_RULES: dict[str, ModelRules] = {
     rules.name: rules
     for rules in (
@@ -63,6 +86,16 @@ MODEL_RULES: dict[str, ModelRules] = {
             lambda h: (
                 None if len(h) == 1 else f"for lenet is the size of its one dense layer; got {h}"
             ),
+        ),
+        ModelRules(
+            "cnn",
+            _cnn_count,
+            lambda h: (
+                None
+                if len(h) in (1, 2)
+                else f"for cnn is the widths of its one or two convolution blocks; got {h}"
+            ),
+            batch_statistics=True,
         ),
     )
 }

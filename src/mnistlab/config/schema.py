@@ -12,8 +12,9 @@ from dataclasses import dataclass, field
 INPUT_SHAPE = (1, 28, 28)
 """(channels, height, width) of the MNIST family's images: the default ``DatasetSpec.input_shape``
 and the shape a model is built for when no dataset is named."""
-INIT_NAMES = ("normal", "truncated_normal", "zeros")
-OPTIMIZER_NAMES = ("sgd", "momentum", "adam")
+INIT_NAMES = ("normal", "truncated_normal", "fan_in", "zeros")
+OPTIMIZER_NAMES = ("sgd", "momentum", "nesterov", "adam")
+LR_SCHEDULES = ("exponential", "linear")
 LOSS_NAMES = ("stable", "naive")
 SWITCHES = ("auto", "on", "off")
 PARALLEL_MODES = ("none", "data", "async", "tensor", "pipeline")
@@ -35,8 +36,12 @@ class DataConfig:
 class ModelConfig:
     name: str = "mlp"
     hidden: tuple[int, ...] = (500,)
-    """Hidden layer sizes of the MLP; for LeNet, the size of its first dense layer."""
+    """Hidden layer sizes of the MLP; for LeNet, the size of its first dense layer; for the cnn,
+    the widths (channels) of its convolution blocks."""
     init: str = "normal"
+    """Weights ~ ``normal`` or ``truncated_normal`` (at 2 std) of ``init_std``, as TensorFlow's
+    programs; ``fan_in``: uniform in ±1/√(inputs of a unit), PyTorch's own default for its layers;
+    ``zeros``."""
     init_std: float = 0.1
     bias_init: float = 0.1
     dropout: float = 0.0
@@ -46,7 +51,13 @@ class ModelConfig:
 @dataclass(frozen=True)
 class OptimConfig:
     name: str = "sgd"
+    """``sgd`` (plain), ``momentum``, ``nesterov`` (momentum with Nesterov's look-ahead), ``adam``."""
     lr: float = 0.1
+    schedule: str = "exponential"
+    """``exponential``: ``lr · lr_decay^(step / decay_steps)``, the classic programs' decay.
+    ``linear``: from ``lr`` down to 0 at ``train.steps`` in a straight line."""
+    warmup_steps: int = 0
+    """Steps over which the rate first rises linearly to the schedule's value (0: none)."""
     lr_decay: float = 0.99
     """Multiplied into the learning rate once per ``decay_steps``; 1.0 keeps it constant."""
     decay_steps: int | None = None

@@ -6,6 +6,8 @@ as TensorFlow's ``input_data`` gave them; a convolutional model's first stage un
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
@@ -24,13 +26,26 @@ class StagedModel(nn.Sequential):
 
 
 def _initialise(model: nn.Module, config: ModelConfig, generator: torch.Generator) -> None:
-    """TensorFlow's initialisers: weights ~ N(0, std) or truncated at 2 std; biases constant."""
+    """TensorFlow's initialisers: weights ~ N(0, std) or truncated at 2 std (or PyTorch's
+    ``fan_in`` bound); biases constant.
+    Batch norm keeps its own start (scale 1, shift 0): it is a normalisation, not a layer's bias."""
+    norms = {
+        id(p)
+        for m in model.modules()
+        if isinstance(m, nn.modules.batchnorm._NormBase)
+        for p in m.parameters(recurse=False)
+    }
     with torch.no_grad():
         for _, p in model.named_parameters():
+            if id(p) in norms:
+                continue
             if p.ndim < 2:
                 p.fill_(config.bias_init)
             elif config.init == "zeros":
                 p.zero_()
+            elif config.init == "fan_in":
+                bound = 1 / math.sqrt(p[0].numel())  # the inputs of one unit: in × kernel
+                nn.init.uniform_(p, -bound, bound, generator=generator)
             elif config.init == "truncated_normal":
                 std = config.init_std
                 nn.init.trunc_normal_(p, 0.0, std, -2 * std, 2 * std, generator=generator)

@@ -1,6 +1,6 @@
 """The model registry: ``name -> ModelSpec``, the one place a model is made known.
 
-Each model lives in its own file (``softmax.py``, ``mlp.py``, ``lenet.py``) as a function that
+Each model lives in its own file (``softmax.py``, ``mlp.py``, ``lenet.py``, ``cnn.py``) as a function that
 returns its ordered stages for (settings, input shape, number of classes), and is registered here
 with one line. Validation needs to know a model before torch builds anything (which ``hidden``
 sizes fit, how many parameters it has), so those rules are its entry in
@@ -20,7 +20,7 @@ from torch import nn
 from mnistlab.config import ModelConfig
 from mnistlab.config.model_rules import MODEL_RULES, Shape
 from mnistlab.errors import ConfigError
-from mnistlab.models import lenet, mlp, softmax
+from mnistlab.models import cnn, lenet, mlp, softmax
 
 Stages = OrderedDict[str, nn.Module]
 
@@ -57,6 +57,7 @@ def model_spec(name: str) -> ModelSpec:
 register_model(ModelSpec("softmax", softmax.stages))
 register_model(ModelSpec("mlp", mlp.stages))
 register_model(ModelSpec("lenet", lenet.stages))
+register_model(ModelSpec("cnn", cnn.stages))
 
 if set(MODELS) != set(MODEL_RULES):  # pragma: no cover - a half-registered model
     raise RuntimeError(

@@ -11,7 +11,10 @@ the loop is handed. The loop asks the strategy to
 - ``predict(images, params)``: class predictions of the model, or of the model with ``params``
   (the moving-average shadows) in place of its own; collective, the main rank gets the result;
 - ``full_state(tensors)`` / ``local_state(full)``: turn per-rank tensors shaped like the local
-  parameters into one consolidated ``{name: tensor}`` and back, so checkpoints are mode-independent.
+  parameters into one consolidated ``{name: tensor}`` and back, so checkpoints are mode-independent;
+- ``full_buffers()`` / ``load_buffers(full)``: the same for the model's buffers (batch norm's
+  running statistics), which one process holds whole (models with batch statistics train in one
+  process: ``config.checks`` refuses the parallel modes for them).
 
 ``is_main`` gates every print, log line and checkpoint (one writer).
 """
@@ -137,6 +140,17 @@ class Strategy:
     def local_state(self, full: dict[str, torch.Tensor]) -> list[torch.Tensor]:
         """The inverse of ``full_state``: this rank's part of each named tensor, on its device."""
         return [full[n].to(p.device, p.dtype) for n, p in self.local_parameters()]
+
+    def full_buffers(self) -> dict[str, torch.Tensor]:
+        """The model's buffers (batch norm's running statistics) by name, on the CPU."""
+        assert self.model is not None, "prepare() first"
+        return {n: b.detach().to("cpu", copy=True) for n, b in self.model.named_buffers()}
+
+    @torch.no_grad()
+    def load_buffers(self, full: dict[str, torch.Tensor]) -> None:
+        assert self.model is not None, "prepare() first"
+        for name, buffer in self.model.named_buffers():
+            buffer.copy_(full[name])
 
     def optimizer_state(self) -> dict[str, Any]:
         """The optimizer's state by parameter name, consolidated like ``full_state`` so that any

@@ -9,6 +9,7 @@ from mnistlab.train.objective import (
     cross_entropy,
     exponential_decay,
     l2_penalty,
+    learning_rate,
     naive_cross_entropy,
 )
 from mnistlab.train.state import Run, TrainResult, build_run, decay_steps_for, resolve_device
@@ -29,6 +30,7 @@ __all__ = [
     "ema_decay_at",
     "exponential_decay",
     "l2_penalty",
+    "learning_rate",
     "naive_cross_entropy",
     "resolve_device",
     "summarize",

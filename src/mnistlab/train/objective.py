@@ -11,6 +11,8 @@ from collections.abc import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
+from mnistlab.config import OptimConfig
+
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
@@ -54,6 +56,23 @@ def add_l2_gradient(weights: Sequence[torch.Tensor], scale: float) -> None:
     held = [w.detach() for w in weights if w.grad is not None]
     if grads:
         torch._foreach_add_(grads, held, alpha=scale)
+
+
+def learning_rate(step: int, optim: OptimConfig, decay_steps: int, total_steps: int) -> float:
+    """The rate of step ``step`` (counted from 0) under ``optim.schedule`` and ``optim.warmup_steps``.
+
+    ``exponential`` is the classic programs' decay; ``linear`` falls from ``lr`` after the warm-up
+    to ``lr / (total - warmup)`` at the last step, reaching 0 just after it. A warm-up scales
+    either by ``(step + 1) / warmup_steps`` while it lasts.
+    """
+    warmup = optim.warmup_steps
+    if optim.schedule == "linear":
+        rate = optim.lr * max(0, total_steps - max(step, warmup)) / max(1, total_steps - warmup)
+    else:
+        rate = exponential_decay(step, optim.lr, optim.lr_decay, decay_steps, optim.staircase)
+    if step < warmup:
+        rate *= (step + 1) / warmup
+    return rate
 
 
 def exponential_decay(

@@ -1,4 +1,4 @@
-"""Optimizers by name: plain SGD (the classic programs), momentum SGD, Adam."""
+"""Optimizers by name: plain SGD (the classic programs), momentum SGD (also Nesterov's), Adam."""
 
 from __future__ import annotations
 
@@ -15,6 +15,8 @@ def build_optimizer(params: Iterable[torch.Tensor], config: OptimConfig) -> torc
         return torch.optim.SGD(params, lr=config.lr)
     if config.name == "momentum":
         return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum)
+    if config.name == "nesterov":
+        return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, nesterov=True)
     if config.name == "adam":
         return torch.optim.Adam(params, lr=config.lr)
     raise ValueError(f"unknown optimizer {config.name!r}")

@@ -128,6 +128,7 @@ class Run:
         return {
             "step": self.step,
             "model": self.strategy.full_state(params),
+            "buffers": self.strategy.full_buffers(),
             "ema": None
             if self.ema is None
             else {
@@ -164,6 +165,8 @@ class Run:
             self.parameters(), self.strategy.local_state(state["model"]), strict=True
         ):
             param.copy_(saved)
+        if state.get("buffers"):
+            self.strategy.load_buffers(state["buffers"])
         if self.ema is not None and state.get("ema"):
             self.ema.num_updates = int(state["ema"]["num_updates"])
             for shadow, saved in zip(

@@ -34,7 +34,7 @@ from torch import nn
 from mnistlab.errors import TrainingError
 from mnistlab.parallel import Strategy
 from mnistlab.train.ema import ema_decay_at
-from mnistlab.train.objective import add_l2_gradient, exponential_decay, loss_function
+from mnistlab.train.objective import add_l2_gradient, learning_rate, loss_function
 
 if TYPE_CHECKING:
     from mnistlab.train.state import Run
@@ -51,8 +51,7 @@ class Engine:
         raise NotImplementedError
 
     def lr_at(self, run: Run, step: int) -> float:
-        o = run.config.optim
-        return exponential_decay(step, o.lr, o.lr_decay, run.decay_steps, o.staircase)
+        return learning_rate(step, run.config.optim, run.decay_steps, run.config.train.steps)
 
 
 class AutogradEngine(Engine):

@@ -17,6 +17,7 @@ from mnistlab.io.checkpoint.fileformat import (
 from mnistlab.io.checkpoint.find import (
     checkpoint_folder,
     load_model,
+    num_classes,
     resolve_checkpoint,
     step_checkpoints,
 )
@@ -30,6 +31,7 @@ __all__ = [
     "checkpoint_folder",
     "load_checkpoint",
     "load_model",
+    "num_classes",
     "read_header",
     "resolve_checkpoint",
     "save_checkpoint",

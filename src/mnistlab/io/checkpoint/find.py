@@ -73,6 +73,15 @@ def resolve_checkpoint(spec: str | Path) -> Path:
     )
 
 
+def num_classes(tensors: dict[str, torch.Tensor]) -> int | None:
+    """Classes of a saved model: the rows of its ``logits`` stage's weight (``logits.weight``, or
+    ``logits.linear.weight`` where the stage also flattens); ``None`` if it has none."""
+    for name in ("logits.weight", "logits.linear.weight"):
+        if name in tensors:
+            return int(tensors[name].shape[0])
+    return None
+
+
 def load_model(
     spec: str | Path, *, use_ema: bool = True, input_shape: tuple[int, int, int] = INPUT_SHAPE
 ) -> tuple[StagedModel, Checkpoint]:
@@ -84,13 +93,15 @@ def load_model(
     ema = state.get("ema") or {}
     shadows = ema.get("shadows")
     tensors: dict[str, torch.Tensor] = shadows if use_ema and shadows else state["model"]
+    # Batch norm's running statistics (a cnn's) are saved beside the parameters.
+    tensors = {**tensors, **(state.get("buffers") or {})}
     config = ckpt.config
-    logits = tensors.get("logits.weight")
-    if logits is None:
-        raise CheckpointError(f"{ckpt.path} holds no 'logits.weight'; not an mnistlab model")
+    classes = num_classes(tensors)
+    if classes is None:
+        raise CheckpointError(f"{ckpt.path} holds no logits layer; not an mnistlab model")
     model = build_model(
         config.model,
-        num_classes=int(logits.shape[0]),
+        num_classes=classes,
         seed=config.train.seed,
         input_shape=input_shape,
     )

@@ -1,0 +1,46 @@
+"""A small convolutional net with batch norm, built for speed (the ``speedrun`` preset).
+
+For each width in ``model.hidden`` (one or two of them) a block of 5x5 convolution without
+padding, batch norm, ReLU and 2x2 max-pooling (28 → 24 → 12, then 12 → 8 → 4 pixels); then one
+linear layer from the flattened features to the classes. The convolutions have no bias: the batch
+norm's shift that follows would cancel it. Like LeNet, its first stage unflattens the flat input.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+from torch import nn
+
+from mnistlab.config import ModelConfig
+from mnistlab.config.model_rules import Shape, cnn_features
+
+
+def _block(c_in: int, c_out: int) -> OrderedDict[str, nn.Module]:
+    return OrderedDict(
+        conv=nn.Conv2d(c_in, c_out, kernel_size=5, bias=False),
+        norm=nn.BatchNorm2d(c_out),
+        relu=nn.ReLU(),
+        pool=nn.MaxPool2d(2),
+    )
+
+
+def stages(
+    config: ModelConfig, input_shape: Shape, num_classes: int
+) -> OrderedDict[str, nn.Module]:
+    c = input_shape[0]
+    layers: OrderedDict[str, nn.Module] = OrderedDict()
+    for i, width in enumerate(config.hidden, start=1):
+        block = _block(c, width)
+        if i == 1:
+            block["unflatten"] = nn.Unflatten(1, input_shape)
+            block.move_to_end("unflatten", last=False)
+        layers[f"conv{i}"] = nn.Sequential(block)
+        c = width
+    layers["logits"] = nn.Sequential(
+        OrderedDict(
+            flatten=nn.Flatten(),
+            linear=nn.Linear(cnn_features(config.hidden, input_shape), num_classes),
+        )
+    )
+    return layers
