@@ -73,7 +73,9 @@ def test_cnn_blocks_and_batch_norm_start():
     assert model.logits.linear.weight.shape == (10, 32 * 4 * 4)
     for norm in (model.conv1.norm, model.conv2.norm):
         assert torch.all(norm.weight == 1) and torch.all(norm.bias == 0)
-    assert model.conv1.conv.weight.abs().max().item() <= 0.2  # truncated normal, std 0.1
+    assert model.conv1.conv.weight.abs().max().item() <= 0.2  # fan-in bound: 1/sqrt(1*5*5)
+    assert model.conv2.conv.weight.abs().max().item() <= 0.05  # 1/sqrt(16*5*5)
+    assert model.conv2.conv.weight.is_contiguous(memory_format=torch.channels_last)
     one = build_model(ModelConfig(name="cnn", hidden=(8,)))
     assert one.stage_names == ["conv1", "logits"] and one(torch.rand(3, 784)).shape == (3, 10)
 

@@ -64,12 +64,10 @@ def speedrun() -> Config:
     epochs of 128; designed on the validation split only."""
     return Config(
         preset="speedrun",
-        model=ModelConfig(
-            name="cnn", hidden=(16, 32), init="truncated_normal", init_std=0.1, bias_init=0.0
-        ),
+        model=ModelConfig(name="cnn", hidden=(16, 32), init="fan_in", bias_init=0.0),
         optim=OptimConfig(
             name="nesterov",
-            lr=0.1,
+            lr=0.2,
             momentum=0.9,
             schedule="linear",
             warmup_steps=129,

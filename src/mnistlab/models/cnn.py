@@ -3,22 +3,34 @@
 For each width in ``model.hidden`` (one or two of them) a block of 5x5 convolution without
 padding, batch norm, ReLU and 2x2 max-pooling (28 → 24 → 12, then 12 → 8 → 4 pixels); then one
 linear layer from the flattened features to the classes. The convolutions have no bias: the batch
-norm's shift that follows would cancel it. Like LeNet, its first stage unflattens the flat input.
+norm's shift that follows would cancel it. Like LeNet, its first stage unflattens the flat input;
+then images and kernels are laid out channels-last (NHWC), where the CPU's convolution kernels run
+about a fifth faster than on NCHW for these shapes (the arithmetic is the same).
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
 
+import torch
 from torch import nn
 
 from mnistlab.config import ModelConfig
 from mnistlab.config.model_rules import Shape, cnn_features
 
 
+class ChannelsLast(nn.Module):
+    """Lays a batch of images out channels-last (NHWC) in memory; shape and values unchanged."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.contiguous(memory_format=torch.channels_last)
+
+
 def _block(c_in: int, c_out: int) -> OrderedDict[str, nn.Module]:
+    conv = nn.Conv2d(c_in, c_out, kernel_size=5, bias=False)
+    conv.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     return OrderedDict(
-        conv=nn.Conv2d(c_in, c_out, kernel_size=5, bias=False),
+        conv=conv,
         norm=nn.BatchNorm2d(c_out),
         relu=nn.ReLU(),
         pool=nn.MaxPool2d(2),
@@ -33,6 +45,8 @@ def stages(
     for i, width in enumerate(config.hidden, start=1):
         block = _block(c, width)
         if i == 1:
+            block["channels_last"] = ChannelsLast()
+            block.move_to_end("channels_last", last=False)
             block["unflatten"] = nn.Unflatten(1, input_shape)
             block.move_to_end("unflatten", last=False)
         layers[f"conv{i}"] = nn.Sequential(block)
