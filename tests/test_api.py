@@ -55,6 +55,26 @@ def test_load_reads_what_train_trained(trained, sample_splits):
     assert accuracy == pytest.approx(result.test_accuracy, abs=0.08)
 
 
+def test_a_batch_norm_model_comes_back_with_its_statistics(tmp_path, sample_splits):
+    """The cnn's running statistics travel with the model ``train`` returns and ``load`` reads:
+    both predict what training evaluated."""
+    result = mnistlab.train(
+        "speedrun",
+        steps=40,
+        warmup_steps=4,
+        batch_size=64,
+        dataset="mnist-sample",
+        device="cpu",
+        run_dir=tmp_path / "run",
+    )
+    digits = sample_splits.test.images
+    fresh = result.model.probabilities(digits.numpy())
+    loaded = mnistlab.load(tmp_path / "run").probabilities(digits.numpy())
+    np.testing.assert_allclose(loaded, fresh, atol=1e-6)
+    accuracy = (fresh.argmax(1) == sample_splits.test.labels.numpy()).mean()
+    assert accuracy == pytest.approx(result.test_accuracy, abs=1e-9)
+
+
 def test_predict_takes_arrays_images_paths_and_tensors(trained, sample_splits, tmp_path):
     from PIL import Image
 

@@ -118,3 +118,38 @@ def test_eval_of_missing_checkpoint_is_one_line(tmp_path, capsys):
     assert main(["eval", str(tmp_path / "nope")]) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "does not exist" in err
+
+
+@pytest.mark.slow
+def test_cnn_evaluates_and_exports_with_its_batch_norm_statistics(sample_splits, tmp_path, capsys):
+    """The speedrun's cnn: `eval` and the exports use batch norm's running statistics, so each
+    reproduces the accuracy training reported."""
+    ort = pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    config = small_config(
+        "speedrun", "train.steps=60", "optim.warmup_steps=6", "train.batch_size=64"
+    )
+    result = train(config, sample_splits, callbacks=[CheckpointCallback(tmp_path, every=30)])
+    assert main(["eval", str(tmp_path), "--json"]) == 0
+    evaluated = json.loads(capsys.readouterr().out)
+    assert result.test is not None and evaluated["accuracy"] == result.test.accuracy
+    assert result.test.accuracy > 0.5  # 60 steps of a cnn on the sample, well above chance
+    model, _ = load_model(tmp_path)
+    images = sample_splits.test.images[:500]
+    with torch.no_grad():
+        expected = model(images)
+    onnx = tmp_path / "model.onnx"
+    assert main(["export", str(tmp_path), "--format", "onnx", "-o", str(onnx)]) == 0
+    session = ort.InferenceSession(str(onnx), providers=["CPUExecutionProvider"])
+    (logits,) = session.run(["logits"], {"images": images.numpy()})
+    assert float((torch.from_numpy(logits) - expected).abs().max()) < 1e-4
+    from safetensors.torch import load_file
+
+    saved = tmp_path / "model.safetensors"
+    assert main(["export", str(tmp_path), "--format", "safetensors", "-o", str(saved)]) == 0
+    tensors = load_file(str(saved))
+    assert int(tensors["conv1.norm.num_batches_tracked"]) == 60
+    rebuilt = build_model(config.model).eval()
+    rebuilt.load_state_dict(tensors)
+    with torch.no_grad():
+        torch.testing.assert_close(rebuilt(images), expected, rtol=0, atol=1e-6)
