@@ -20,6 +20,7 @@ framework forces a difference.
     python benchmarks/frameworks.py                       # full MNIST, 1,000 / 30,000 steps
     python benchmarks/frameworks.py --steps 200 --frameworks mnistlab,pytorch
     python benchmarks/frameworks.py --parity              # TF compat.v1 vs mnistlab, step by step
+    python benchmarks/frameworks.py --device cuda         # the GPU column (torch-based ports)
 
 Prints a table and writes ``--out``/frameworks.json and frameworks.png. A framework that is not
 installed is skipped with the line that installs it (``pip install 'mnistlab[compare]'``).
@@ -58,6 +59,8 @@ INSTALL = {
     "torch": "pip install torch",
     "mnistlab": "pip install -e . (from the checkout)",
 }
+ON_DEVICE = ("mnistlab", "pytorch")
+"""The ports that also run on a GPU (``--device cuda``); the others measure the CPU."""
 CHILD_ENV = {"TF_CPP_MIN_LOG_LEVEL": "3", "KERAS_BACKEND": "tensorflow", "PYTHONWARNINGS": "ignore"}
 
 
@@ -91,13 +94,15 @@ def run_one(framework: str, program_name: str, args: argparse.Namespace) -> dict
         from ports import mnistlab_entry
 
         return mnistlab_entry.run(
-            program, args.dataset, args.data_dir, steps, args.seed, args.threads
+            program, args.dataset, args.data_dir, steps, args.seed, args.threads, args.device
         )
     folder, validation = data_folder(args.dataset, args.data_dir)
     data = load(folder, validation)
     if framework == "pytorch":
-        from ports import torch_plain as port
-    elif framework == "tf-v1":
+        from ports import torch_plain
+
+        return torch_plain.run(program, data, steps, args.seed, args.threads, args.device)
+    if framework == "tf-v1":
         from ports import tf_v1 as port  # type: ignore[no-redef]
     elif framework == "keras":
         from ports import keras_fit as port  # type: ignore[no-redef]
@@ -111,7 +116,7 @@ def spawn(framework: str, programs: list[str], args: argparse.Namespace) -> list
     each finished program comes back as one JSON line."""
     cmd = [sys.executable, str(Path(__file__).resolve()), "--run", framework]
     cmd += ["--programs", ",".join(programs), "--dataset", args.dataset]
-    cmd += ["--seed", str(args.seed), "--threads", str(args.threads)]
+    cmd += ["--seed", str(args.seed), "--threads", str(args.threads), "--device", args.device]
     cmd += ["--data-dir", args.data_dir] if args.data_dir else []
     cmd += ["--steps", str(args.steps)] if args.steps else []
     cmd += ["--mlp-steps", str(args.mlp_steps)] if args.mlp_steps else []
@@ -202,11 +207,18 @@ def compare(args: argparse.Namespace) -> int:
     programs = args.programs.split(",")
     if any(p not in PROGRAMS for p in programs):
         raise SystemExit(f"--programs takes {', '.join(PROGRAMS)}; got {args.programs}")
+    if args.device != "cpu":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise SystemExit("--device cuda: torch sees no CUDA device on this machine")
     where = f"{args.dataset}" + (f" from {args.data_dir}" if args.data_dir else "")
     print(f"machine: {machine()}\ndata: {where}; seed {args.seed}", flush=True)
     rows, skipped = [], {}
     for framework in frameworks:
         why = missing(framework)
+        if not why and args.device != "cpu" and framework not in ON_DEVICE:
+            why = f"its port runs on the CPU only (--device {args.device} runs {', '.join(ON_DEVICE)})"
         if why:
             skipped[framework] = why
             print(f"skipped {framework}: {why}", flush=True)
@@ -245,6 +257,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dataset", default=dataset, help=f"default: {dataset}")
     p.add_argument("--data-dir", default=data_dir, help=f"default: {data_dir}")
     p.add_argument("--threads", type=int, default=0, help="CPU threads (0: each one's default)")
+    p.add_argument(
+        "--device", default="cpu", choices=["cpu", "cuda"], help="cuda: mnistlab and pytorch only"
+    )
     p.add_argument("--out", default="benchmarks/out", help="folder for the JSON and the PNG")
     p.add_argument("--timeout", type=float, default=3600, help="seconds per run")
     p.add_argument("--parity", action="store_true", help="TF compat.v1 vs mnistlab, step by step")

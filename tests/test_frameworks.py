@@ -107,6 +107,24 @@ def test_a_missing_framework_is_skipped_with_its_install_line(monkeypatch, tmp_p
     assert json.loads((tmp_path / "frameworks.json").read_text())["skipped"]["jax"]
 
 
+def test_the_gpu_column_runs_the_torch_ports_or_says_why_not(monkeypatch, tmp_path, capsys):
+    import torch
+
+    if not torch.cuda.is_available():
+        with pytest.raises(SystemExit, match="--device cuda: torch sees no CUDA device"):
+            frameworks.main(["--device", "cuda", "--dataset", "mnist-sample"])
+        return
+    code = frameworks.main(  # pragma: no cover - a GPU machine
+        ["--frameworks", "pytorch,jax", "--device", "cuda", "--dataset", "mnist-sample"]
+        + ["--steps", "50", "--out", str(tmp_path)]
+    )
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert "skipped jax: its port runs on the CPU only" in out
+    rows = json.loads((tmp_path / "frameworks.json").read_text())["rows"]
+    assert {r["device"] for r in rows} == {"cuda"}
+
+
 @pytest.mark.slow
 def test_parity_with_tensorflow_step_by_step(tmp_path, capsys):
     why = frameworks.missing("tf-v1")

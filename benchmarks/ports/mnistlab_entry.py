@@ -16,7 +16,13 @@ from ports.common import Program, result
 
 
 def run(
-    program: Program, dataset: str, data_dir: str | None, steps: int, seed: int, threads: int
+    program: Program,
+    dataset: str,
+    data_dir: str | None,
+    steps: int,
+    seed: int,
+    threads: int,
+    device: str = "cpu",
 ) -> dict[str, Any]:
     import torch
 
@@ -27,7 +33,7 @@ def run(
         argv = ["train", "--preset", program.preset, "--dataset", dataset]
         argv += ["--data-dir", data_dir] if data_dir else []
         argv += ["--set", f"train.steps={steps}", "--set", f"train.seed={seed}"]
-        argv += ["--set", f"train.threads={threads}", "--device", "cpu"]
+        argv += ["--set", f"train.threads={threads}", "--device", device]
         argv += ["--checkpoint-every", "0", "--no-tensorboard", "--quiet", "--json"]
         argv += ["--run-dir", os.path.join(tmp, "run")]
         out = io.StringIO()
@@ -45,7 +51,7 @@ def run(
         test_accuracy=summary["test_accuracy"],
         validation_accuracy=summary["validation_accuracy"],
         final_loss=None,
-        device="cpu",
+        device=device,
         threads=str(torch.get_num_threads()),
         notes=f"engine {summary.get('engine')}",
     )

@@ -19,7 +19,9 @@ from typing import Any
 from ports.common import Clock, Data, Program, ema_decay, result
 
 
-def run(program: Program, data: Data, steps: int, seed: int, threads: int) -> dict[str, Any]:
+def run(
+    program: Program, data: Data, steps: int, seed: int, threads: int, device: str = "cpu"
+) -> dict[str, Any]:
     import torch
     import torch.nn.functional as F
     from torch import nn
@@ -41,6 +43,7 @@ def run(program: Program, data: Data, steps: int, seed: int, threads: int) -> di
         if isinstance(m, nn.Linear):
             nn.init.normal_(m.weight, 0.0, program.init_std)
             nn.init.constant_(m.bias, program.bias_init)
+    model.to(device)
 
     weights = [p for p in model.parameters() if p.ndim == 2]
     biases = [p for p in model.parameters() if p.ndim == 1]
@@ -68,7 +71,7 @@ def run(program: Program, data: Data, steps: int, seed: int, threads: int) -> di
     def accuracy(x: Any, y: Any) -> float:
         evaluated.eval()
         with torch.no_grad():
-            out = evaluated(torch.from_numpy(x)).argmax(1)
+            out = evaluated(torch.from_numpy(x).to(device)).argmax(1).cpu()
         evaluated.train()
         return (out == torch.from_numpy(y)).float().mean().item()
 
@@ -76,6 +79,7 @@ def run(program: Program, data: Data, steps: int, seed: int, threads: int) -> di
     clock = Clock()
     while step < steps:
         for x, y in loader:
+            x, y = x.to(device), y.to(device)  # a no-op on the CPU
             loss = F.cross_entropy(model(x), y)
             optimizer.zero_grad()
             loss.backward()
@@ -88,6 +92,8 @@ def run(program: Program, data: Data, steps: int, seed: int, threads: int) -> di
                 val_acc = accuracy(data.val_x, data.val_y)
             if step == steps:
                 break
+    if device != "cpu":
+        torch.cuda.synchronize()  # the clock stops when the GPU is done, not when Python is
     seconds = clock.seconds()
     return result(
         framework="pytorch",
@@ -98,6 +104,6 @@ def run(program: Program, data: Data, steps: int, seed: int, threads: int) -> di
         test_accuracy=accuracy(data.test_x, data.test_y),
         validation_accuracy=val_acc,
         final_loss=None if loss is None else loss.item(),
-        device="cpu",
+        device=device,
         threads=str(torch.get_num_threads()),
     )
