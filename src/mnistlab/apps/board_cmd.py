@@ -145,6 +145,15 @@ def start_board(
         )
     url_host = f"[{host}]" if ":" in host else host
     board = Board(process, f"http://{url_host}:{port}/", log_path)
+    try:
+        return _wait_until_it_answers(board, wait)
+    except BaseException:  # a stop (Ctrl-C, SIGTERM) while it starts must not leave it running
+        board.stop()
+        raise
+
+
+def _wait_until_it_answers(board: Board, wait: float) -> Board:
+    process, log_path = board.process, board.log
     deadline = time.monotonic() + wait
     while time.monotonic() < deadline:
         if process.poll() is not None:
@@ -160,7 +169,6 @@ def start_board(
                     return board
         except OSError:
             time.sleep(0.25)
-    board.stop()
     raise _error(f"TensorBoard did not answer at {board.url} within {wait:.0f} s (log: {log_path})")
 
 
@@ -238,17 +246,21 @@ def run_board(args: argparse.Namespace) -> int:
             "(`mnistlab train --run-dir DIR` chooses where a run goes)"
         )
     log = Path(tempfile.gettempdir()) / f"mnistlab-tensorboard-{os.getpid()}.log"
-    board = start_board(logdir, host=args.host, port=args.port, log=log)
-    print(f"TensorBoard at {board.url} (logdir {logdir}); Ctrl-C stops it", flush=True)
+    # SIGTERM is caught from before the child starts: from the printed address on, a TERM-ed
+    # command always stops its TensorBoard (start_board stops it itself if the stop comes sooner).
     previous = _stop_on_sigterm()
+    board: Board | None = None
     try:
+        board = start_board(logdir, host=args.host, port=args.port, log=log)
+        print(f"TensorBoard at {board.url} (logdir {logdir}); Ctrl-C stops it", flush=True)
         code = board.process.wait()
     except KeyboardInterrupt:
         code = 0
     except _Terminated:
         code = 128 + signal.SIGTERM  # 143, the convention for a TERM-ed command
     finally:
-        board.stop()  # TensorBoard runs in its own session: it never outlives this command
+        if board is not None:
+            board.stop()  # TensorBoard runs in its own session: it never outlives this command
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
     if code not in (0, 128 + signal.SIGTERM):
