@@ -62,7 +62,10 @@ def main(argv: list[str] | None = None) -> int:
         kind = "" if asked else "error: "
         if asked:
             _quiet_shutdown()
-        print(f"mnistlab: {kind}{exc}", file=sys.stderr)
+        from mnistlab.parallel.launch import launcher_reports
+
+        if not launcher_reports(exc):  # a --workers worker: its launcher prints it, once
+            print(f"mnistlab: {kind}{exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         _quiet_shutdown()

@@ -147,6 +147,8 @@ def launch(argv: Sequence[str], workers: int, mode: str, *, log_dir: str | None 
     # Ctrl-C and SIGTERM are ours (_stop_once), not the engine's: its handler raises again on a
     # second signal, in the middle of its shutdown, and orphans workers that are still saving.
     os.environ["PET_SIGNALS_TO_HANDLE"] = "SIGHUP,SIGQUIT"
+    # A failing worker leaves its reason in its error file and this launcher prints it, once.
+    os.environ[LAUNCHER_REPORTS] = "1"
     args = torchrun.parse_args(
         [
             "--standalone",
@@ -221,6 +223,21 @@ def _quiet_torchrun() -> Iterator[None]:
     finally:
         for logger, level in levels:
             logger.setLevel(level)
+
+
+LAUNCHER_REPORTS = "MNISTLAB_LAUNCHER_REPORTS"
+"""Set by ``--workers N`` for its workers: the launcher prints a failing worker's error."""
+
+
+def launcher_reports(exc: BaseException) -> bool:
+    """Whether this process is a worker of ``--workers N`` whose failure ``exc`` the launcher
+    will print from the error file (so the worker itself prints nothing: one message, not two)."""
+    code = getattr(exc, "exit_code", None)
+    return (
+        os.environ.get(LAUNCHER_REPORTS) == "1"
+        and bool(os.environ.get("TORCHELASTIC_ERROR_FILE"))
+        and code not in (130, 143)
+    )
 
 
 def record_failure(exc: BaseException) -> None:
