@@ -106,23 +106,30 @@ def test_resume_is_bit_equal(sample_splits, tmp_path, capsys):
     assert count > 10 and worst == 0.0
 
 
+def resume_halfway(config: Any, splits: Any, folder: Path) -> Any:
+    """Train ``config`` (8 steps) into ``folder/a`` with a checkpoint every 4, resume from step 4
+    into ``folder/b``, and assert that both end in the same state; the whole run's result."""
+    whole = train(config, splits, callbacks=[CheckpointCallback(folder / "a", every=4)])
+    four = load_checkpoint(folder / "a" / "checkpoints" / "step-000004.pt")
+    train(
+        config,
+        splits,
+        resume_state=four.state,
+        callbacks=[CheckpointCallback(folder / "b", every=4)],
+    )
+    assert_same_state(
+        load_checkpoint(folder / "a/checkpoints/step-000008.pt").state,
+        load_checkpoint(folder / "b/checkpoints/step-000008.pt").state,
+    )
+    return whole
+
+
 def test_resume_restores_dropout_rng(sample_splits, tmp_path):
     """LeNet's dropout draws from torch's generator: resuming must restore it too."""
     config = small_config(
         "lenet", "train.steps=8", "model.hidden=16", "train.eval_every=4", "train.log_every=4"
     )
-    train(config, sample_splits, callbacks=[CheckpointCallback(tmp_path / "a", every=4)])
-    four = load_checkpoint(tmp_path / "a" / "checkpoints" / "step-000004.pt")
-    train(
-        config,
-        sample_splits,
-        resume_state=four.state,
-        callbacks=[CheckpointCallback(tmp_path / "b", every=4)],
-    )
-    assert_same_state(
-        load_checkpoint(tmp_path / "a/checkpoints/step-000008.pt").state,
-        load_checkpoint(tmp_path / "b/checkpoints/step-000008.pt").state,
-    )
+    resume_halfway(config, sample_splits, tmp_path)
 
 
 def test_batch_norm_statistics_are_saved_and_resumed(sample_splits, tmp_path):
@@ -137,7 +144,7 @@ def test_batch_norm_statistics_are_saved_and_resumed(sample_splits, tmp_path):
         "train.eval_every=4",
         "train.log_every=4",
     )
-    whole = train(config, sample_splits, callbacks=[CheckpointCallback(tmp_path / "a", every=4)])
+    whole = resume_halfway(config, sample_splits, tmp_path)
     four = load_checkpoint(tmp_path / "a" / "checkpoints" / "step-000004.pt")
     assert set(four.state["buffers"]) == {
         f"conv{i}.norm.{n}"
@@ -146,14 +153,6 @@ def test_batch_norm_statistics_are_saved_and_resumed(sample_splits, tmp_path):
     }
     assert int(four.state["buffers"]["conv1.norm.num_batches_tracked"]) == 4
     assert four.state["buffers"]["conv2.norm.running_mean"].abs().sum() > 0
-    train(
-        config,
-        sample_splits,
-        resume_state=four.state,
-        callbacks=[CheckpointCallback(tmp_path / "b", every=4)],
-    )
-    a = load_checkpoint(tmp_path / "a/checkpoints/step-000008.pt").state
-    assert_same_state(a, load_checkpoint(tmp_path / "b/checkpoints/step-000008.pt").state)
     model, _ = load_model(tmp_path / "a")
     assert int(model.conv1.norm.num_batches_tracked) == 8
     with torch.no_grad():

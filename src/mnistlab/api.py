@@ -266,9 +266,9 @@ class _Recorder(Callback):
         """The moving average's weights when the run kept one, else the trained parameters;
         with the model's buffers (batch norm's running statistics) where it has any."""
         if self.state is not None:
-            ema = self.state.get("ema") or {}
-            params = ema.get("shadows") or self.state["model"]
-            return {**params, **(self.state.get("buffers") or {})}
+            from mnistlab.io.checkpoint import saved_weights
+
+            return saved_weights(self.state)
         run = self.run  # no step ran (nothing to hand over): the weights as they are
         tensors = run.ema.shadows if run.ema is not None else run.parameters()
         return {**run.strategy.full_state(tensors), **run.strategy.full_buffers()}

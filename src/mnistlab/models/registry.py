@@ -1,8 +1,8 @@
 """The model registry: ``name -> ModelSpec``, the one place a model is made known.
 
-Each model lives in its own file (``softmax.py``, ``mlp.py``, ``lenet.py``, ``cnn.py``) as a function that
-returns its ordered stages for (settings, input shape, number of classes), and is registered here
-with one line. Validation needs to know a model before torch builds anything (which ``hidden``
+Each model lives in its own file (``softmax.py``, ``mlp.py``, ``lenet.py``, ``cnn.py``) as a
+function that returns its ordered stages for (settings, input shape, number of classes), and is
+registered here with one line. Validation needs to know a model before torch builds anything (which ``hidden``
 sizes fit, how many parameters it has), so those rules are its entry in
 ``mnistlab.config.model_rules``; this module checks at import that both tables name the same
 models. ``docs/architecture.md`` walks through adding one.

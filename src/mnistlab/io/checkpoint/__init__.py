@@ -19,6 +19,7 @@ from mnistlab.io.checkpoint.find import (
     load_model,
     num_classes,
     resolve_checkpoint,
+    saved_weights,
     step_checkpoints,
 )
 
@@ -35,6 +36,7 @@ __all__ = [
     "read_header",
     "resolve_checkpoint",
     "save_checkpoint",
+    "saved_weights",
     "serialize",
     "step_checkpoints",
     "step_name",

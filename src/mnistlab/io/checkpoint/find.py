@@ -8,6 +8,7 @@ model a checkpoint holds.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -76,10 +77,19 @@ def resolve_checkpoint(spec: str | Path) -> Path:
 def num_classes(tensors: dict[str, torch.Tensor]) -> int | None:
     """Classes of a saved model: the rows of its ``logits`` stage's weight (``logits.weight``, or
     ``logits.linear.weight`` where the stage also flattens); ``None`` if it has none."""
-    for name in ("logits.weight", "logits.linear.weight"):
-        if name in tensors:
-            return int(tensors[name].shape[0])
+    for name, tensor in tensors.items():
+        if name.startswith("logits.") and name.endswith("weight") and tensor.ndim == 2:
+            return int(tensor.shape[0])
     return None
+
+
+def saved_weights(state: dict[str, Any], *, use_ema: bool = True) -> dict[str, torch.Tensor]:
+    """A model's tensors from a saved ``Run.state_dict()``, ready for ``load_state_dict``: the
+    moving average's shadows (``use_ema``, when the run kept them) or the raw parameters, with
+    the model's buffers (batch norm's running statistics) beside them."""
+    shadows = (state.get("ema") or {}).get("shadows")
+    params = shadows if use_ema and shadows else state["model"]
+    return {**params, **(state.get("buffers") or {})}
 
 
 def load_model(
@@ -90,11 +100,7 @@ def load_model(
     classic programs evaluate); raw parameters if ``use_ema`` is off or the run kept no average."""
     ckpt = load_checkpoint(resolve_checkpoint(spec))
     state = ckpt.state
-    ema = state.get("ema") or {}
-    shadows = ema.get("shadows")
-    tensors: dict[str, torch.Tensor] = shadows if use_ema and shadows else state["model"]
-    # Batch norm's running statistics (a cnn's) are saved beside the parameters.
-    tensors = {**tensors, **(state.get("buffers") or {})}
+    tensors = saved_weights(state, use_ema=use_ema)
     config = ckpt.config
     classes = num_classes(tensors)
     if classes is None:
