@@ -147,8 +147,6 @@ def launch(argv: Sequence[str], workers: int, mode: str, *, log_dir: str | None 
     # Ctrl-C and SIGTERM are ours (_stop_once), not the engine's: its handler raises again on a
     # second signal, in the middle of its shutdown, and orphans workers that are still saving.
     os.environ["PET_SIGNALS_TO_HANDLE"] = "SIGHUP,SIGQUIT"
-    # A failing worker leaves its reason in its error file and this launcher prints it, once.
-    os.environ[LAUNCHER_REPORTS] = "1"
     args = torchrun.parse_args(
         [
             "--standalone",
@@ -163,6 +161,9 @@ def launch(argv: Sequence[str], workers: int, mode: str, *, log_dir: str | None 
             *argv,
         ]
     )
+    # A failing worker leaves its reason in its error file and this launcher prints it, once;
+    # set only while the workers run, so a later torchrun from this process prints its own.
+    os.environ[LAUNCHER_REPORTS] = "1"
     try:
         with _quiet_torchrun(), _stop_once(SignalException):
             torchrun.run(args)
@@ -175,6 +176,8 @@ def launch(argv: Sequence[str], workers: int, mode: str, *, log_dir: str | None 
             f"worker rank {rank} of {workers} failed: {message}; the other "
             f"workers were stopped (all workers' output: {logs})"
         ) from None
+    finally:
+        os.environ.pop(LAUNCHER_REPORTS, None)
     if own_logs:
         shutil.rmtree(logs, ignore_errors=True)
     return 0
