@@ -373,6 +373,8 @@ def _train_here(args: argparse.Namespace, resumed: Any, run_dir: Path | None) ->
         result = train(
             config, data, strategy=strategy, callbacks=callbacks, resume_state=resumed.state
         )
+    if strategy is not None:
+        strategy.close()
     if not is_main:
         return 0
     summary = result.summary() | {"run_dir": str(run_dir)}

@@ -256,6 +256,15 @@ class DistributedStrategy(Strategy):
     def barrier(self) -> None:
         dist.barrier()
 
+    def close(self) -> None:
+        """The end of a run that succeeded: every rank leaves the group together, a barrier then
+        ``destroy_process_group``, while the interpreter is whole. Left to ``atexit`` alone, a
+        rank could tear its connections down while a peer still had work in flight, and gloo's
+        threads could outlive the interpreter (a rare abort at exit, seen in tensor mode)."""
+        with self.watchdog.guard("leaving the process group"):
+            dist.barrier()
+        destroy_group()
+
     @property
     def _comm_device(self) -> torch.device:
         """Where small control tensors live: NCCL needs them on the GPU."""
