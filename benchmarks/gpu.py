@@ -7,8 +7,9 @@ FILE`` keeps them.
     python benchmarks/gpu.py --data-dir DIR [--json gpu.json]
 
 Engines (``train/steps.py``): ``autograd`` (every mode), ``fused`` (hand-written gradient, eager),
-``graphs`` (fused step from device tables, captured as CUDA graphs), ``compiled+graphs`` (the
-default on CUDA: the same, fused further by ``torch.compile``).
+``graphs`` (the default on CUDA: the fused step from device tables on flat parameter, gradient and
+shadow buffers, captured as CUDA graphs), ``compiled+graphs`` (the same, passed through
+``torch.compile`` first; opt-in with ``train.compile=on``).
 """
 
 from __future__ import annotations

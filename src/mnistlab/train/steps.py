@@ -247,23 +247,28 @@ def dense_step(
     weights: list[torch.Tensor],
     biases: list[torch.Tensor],
     grads: list[torch.Tensor],
-    shadows: list[torch.Tensor],
+    flat_params: torch.Tensor,
+    flat_grads: torch.Tensor,
+    flat_shadows: torch.Tensor | None,
     images: torch.Tensor,
     labels: torch.Tensor,
     order: torch.Tensor,
-    lrs: torch.Tensor,
-    ema_weights: torch.Tensor,
+    rates: torch.Tensor,
     losses: torch.Tensor,
     counter: torch.Tensor,
+    one: torch.Tensor,
     l2: float,
 ) -> None:
     """One fused dense step with every per-step value read from device tables at ``counter``:
     no host value changes between steps, so it can be compiled and captured as a graph.
-    ``grads`` (weights' then biases') receive the gradients, as ``.grad`` does on the eager
-    path; ``shadows`` (same order as the parameters, may be empty) the moving average."""
-    # About 27 kernels a step (a replayed graph costs roughly a few microseconds a kernel, so
-    # their number is the step's price on a GPU): gradients go straight into ``grads``, L2
-    # rides in the weight gradient's product (beta), updates are foreach kernels.
+
+    The parameters, their gradients and their moving averages each live in one flat buffer
+    (weights, then biases): ``weights`` and ``biases`` are views of ``flat_params``, ``grads``
+    (weights', then biases') views of ``flat_grads``, so the update and the moving average are
+    one elementwise kernel each over every parameter at once."""
+    # About 22 kernels a step (a replayed graph costs a few microseconds a kernel, so their
+    # number is the step's price on a GPU): gradients go straight into their views, L2 rides
+    # in the weight gradient's product (beta), SGD and the moving average are a kernel each.
     idx = order.index_select(0, counter).view(-1)
     x = images.index_select(0, idx)
     y = labels.index_select(0, idx)
@@ -274,9 +279,7 @@ def dense_step(
         inputs.append(out.relu() if i < last else out)
     log_probs = torch.log_softmax(inputs[-1], 1)
     loss, total = torch.ops.aten.nll_loss_forward(log_probs, y, None, _MEAN, _IGNORE)
-    g = torch.ops.aten.nll_loss_backward(
-        torch.ones((), device=log_probs.device), log_probs, y, None, _MEAN, _IGNORE, total
-    )
+    g = torch.ops.aten.nll_loss_backward(one, log_probs, y, None, _MEAN, _IGNORE, total)
     g = torch.ops.aten._log_softmax_backward_data(g, log_probs, 1, log_probs.dtype)
     n = last + 1
     for i in range(last, -1, -1):
@@ -285,23 +288,34 @@ def dense_step(
         torch.sum(g, 0, out=grads[n + i])
         if i > 0:
             g = torch.ops.aten.threshold_backward(g.mm(weights[i]), inputs[i], 0.0)
-    lr = lrs.index_select(0, counter).view(())
-    params = [*weights, *biases]
-    torch._foreach_sub_(params, torch._foreach_mul(grads, lr))
-    if shadows:
-        # shadow = d·shadow + (1-d)·param: a step of 1-d towards the parameter.
-        w = ema_weights.index_select(0, counter).view(())
-        diffs = torch._foreach_sub(params, shadows)
-        torch._foreach_mul_(diffs, w)
-        torch._foreach_add_(shadows, diffs)
+    # p -= lr · g over every parameter at once; then shadow += w · (p - shadow) (a lerp).
+    # ``rates`` holds each step's (learning rate, EMA weight): one lookup for both.
+    lr, w = rates.index_select(0, counter).view(2).unbind()
+    flat_params.addcmul_(flat_grads, lr, value=-1.0)
+    if flat_shadows is not None:
+        flat_shadows.lerp_(flat_params, w)
     losses.index_copy_(0, counter, loss.view(1))
     counter.add_(1)
+
+
+def _flat_views(flat: torch.Tensor, like: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    """Views of ``flat`` shaped as ``like``, one after another."""
+    views, offset = [], 0
+    for t in like:
+        views.append(flat[offset : offset + t.numel()].view(t.shape))
+        offset += t.numel()
+    return views
 
 
 class TabledDenseEngine(FusedDenseEngine):
     """``dense_step`` over stretches of up to ``log_every`` steps whose batch indices, learning
     rates and EMA weights are copied to the device once per stretch; optionally compiled by
-    ``torch.compile`` and, on CUDA, captured as one graph per stretch and replayed."""
+    ``torch.compile`` and, on CUDA, captured as one graph per stretch and replayed.
+
+    The step works on the engine's own flat buffers: the parameters, gradients and shadows are
+    copied in at the start of each stretch and back out at its end (a few copies of 1.6 MB per
+    ``log_every`` steps), so the model, the moving average and checkpoints see ordinary tensors
+    at every boundary and nothing outside the engine aliases its buffers."""
 
     def __init__(self, run: Run, *, compile_step: bool, graphs: bool):
         super().__init__(run)
@@ -311,16 +325,30 @@ class TabledDenseEngine(FusedDenseEngine):
         self.graphs = graphs
         cap = self.chunk
         self.order = torch.zeros(cap, t.batch_size, dtype=torch.int64, device=device)
-        self.lrs = torch.zeros(cap, device=device)
-        self.ema_weights = torch.zeros(cap, device=device)
+        self.rates = torch.zeros(cap, 2, device=device)  # (learning rate, EMA weight) a step
         self.losses = torch.zeros(cap, device=device)
         self.counter = torch.zeros(1, dtype=torch.int64, device=device)
-        # The shadows in dense_step's order (weights, then biases), not the model's.
-        self.shadows: list[torch.Tensor] = []
+        # The model's tensors in dense_step's order (weights, then biases), and the engine's flat
+        # copies of them.
+        self.outside = [w.detach() for w in self.weights] + [b.detach() for b in self.biases]
+        self.outside_grads = [_grad(p) for p in (*self.weights, *self.biases)]
+        self.outside_shadows: list[torch.Tensor] = []
         if run.ema is not None:
             position = {id(p): i for i, p in enumerate(self.params)}
-            self.shadows = [run.ema.shadows[position[id(p)]] for p in (*self.weights, *self.biases)]
-        self.table_grads = [_grad(p) for p in (*self.weights, *self.biases)]
+            self.outside_shadows = [
+                run.ema.shadows[position[id(p)]] for p in (*self.weights, *self.biases)
+            ]
+        total = sum(p.numel() for p in self.outside)
+        self.flat_params = torch.zeros(total, device=device)
+        self.flat_grads = torch.zeros(total, device=device)
+        self.flat_shadows = torch.zeros(total, device=device) if self.outside_shadows else None
+        self.param_views = _flat_views(self.flat_params, self.outside)
+        self.grad_views = _flat_views(self.flat_grads, self.outside)
+        self.shadow_views = (
+            _flat_views(self.flat_shadows, self.outside) if self.flat_shadows is not None else []
+        )
+        n = len(self.weights)
+        self.step_weights, self.step_biases = self.param_views[:n], self.param_views[n:]
         self.l2 = float(run.config.optim.l2)
         self._graph: torch.cuda.CUDAGraph | None = None
         self._one_graph: torch.cuda.CUDAGraph | None = None
@@ -334,20 +362,39 @@ class TabledDenseEngine(FusedDenseEngine):
         self.name = "fused+tables" + ("+compiled" if self.compiled else "")
         self.name += "+cuda-graphs" if self.graphs else ""
 
+    def _pairs(self) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """(the model's tensors, the engine's views of them): parameters, gradients, shadows."""
+        return (
+            [*self.outside, *self.outside_grads, *self.outside_shadows],
+            [*self.param_views, *self.grad_views, *self.shadow_views],
+        )
+
+    @torch.no_grad()
+    def _copy_in(self) -> None:
+        outside, inside = self._pairs()
+        torch._foreach_copy_(inside, outside)
+
+    @torch.no_grad()
+    def _copy_out(self) -> None:
+        outside, inside = self._pairs()
+        torch._foreach_copy_(outside, inside)
+
     @torch.no_grad()
     def _step(self) -> None:
         self._step_fn(
-            [w.detach() for w in self.weights],
-            [b.detach() for b in self.biases],
-            self.table_grads,
-            self.shadows,
+            self.step_weights,
+            self.step_biases,
+            self.grad_views,
+            self.flat_params,
+            self.flat_grads,
+            self.flat_shadows,
             self._images,
             self._labels,
             self.order,
-            self.lrs,
-            self.ema_weights,
+            self.rates,
             self.losses,
             self.counter,
+            self.one,
             self.l2,
         )
 
@@ -361,7 +408,9 @@ class TabledDenseEngine(FusedDenseEngine):
     def _warm_up(self) -> None:
         """Compile and warm up (on a side stream, as capture requires), then restore the state,
         so the real weights see no extra step."""
-        state = [*self.weights, *self.biases, *self.shadows, *self.table_grads]
+        state = [self.flat_params, self.flat_grads]
+        if self.flat_shadows is not None:
+            state.append(self.flat_shadows)
         saved = [t.detach().clone() for t in state]
         side = torch.cuda.Stream() if self.graphs else None
         if side is not None:
@@ -401,12 +450,14 @@ class TabledDenseEngine(FusedDenseEngine):
         assert n <= self.chunk, "a stretch is never longer than log_every"
         first, ema = run.step, run.ema
         lrs = [self.lr_at(run, first + i) for i in range(n)]
-        pad = [0.0] * (self.chunk - n)
-        self.order[:n].copy_(_stretch_order(run, n))
-        _to_device(self.lrs, lrs + pad)
+        weights = [0.0] * n
         if ema is not None:
-            w = [1.0 - ema_decay_at(ema.num_updates + i, ema.decay) for i in range(n)]
-            _to_device(self.ema_weights, w + pad)
+            weights = [1.0 - ema_decay_at(ema.num_updates + i, ema.decay) for i in range(n)]
+        self.order[:n].copy_(_stretch_order(run, n))
+        rows = [[lr, w] for lr, w in zip(lrs, weights, strict=True)]
+        rows += [[0.0, 0.0]] * (self.chunk - n)
+        self.rates.copy_(torch.tensor(rows, dtype=self.rates.dtype))
+        self._copy_in()
         if self._graph is None and (self.graphs or self.compiled):
             self._prepare()
         self.counter.zero_()
@@ -419,14 +470,11 @@ class TabledDenseEngine(FusedDenseEngine):
                     self._one_graph.replay()
                 else:
                     self._step()
+        self._copy_out()
         losses[:n].copy_(self.losses[:n])
         run.lr = lrs[-1]
         if ema is not None:
             ema.num_updates += n
-
-
-def _to_device(table: torch.Tensor, values: list[float]) -> None:
-    table.copy_(torch.tensor(values, dtype=table.dtype))
 
 
 def select_engine(run: Run) -> tuple[Engine, str | None]:
