@@ -125,3 +125,17 @@ def test_fused_runs_never_build_the_optimizer_and_resume_across_engines(sample_s
     again.load_state_dict(auto.state_dict())
     _Loop(again).run()
     assert again.step == 150 and all(torch.isfinite(p).all() for p in again.parameters())
+
+
+def test_tf32_stays_off_unless_a_run_asks(sample_splits):
+    """torch's defaults let cuDNN convolutions use TF32; a run sets both switches from
+    train.tf32 (exact float32 unless asked), whatever they were before."""
+    matmul, cudnn = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    try:
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+        build_run(small_config("seed-mlp", "train.steps=1"), sample_splits)
+        assert not torch.backends.cuda.matmul.allow_tf32 and not torch.backends.cudnn.allow_tf32
+        build_run(small_config("seed-mlp", "train.steps=1", "train.tf32=true"), sample_splits)
+        assert torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = matmul, cudnn

@@ -91,6 +91,9 @@ class TrainConfig:
     """``torch.compile`` the fused step: on, off, auto (off: measured slower on an H100)."""
     cuda_graphs: str = "auto"
     """Capture the fused step as CUDA graphs replayed between boundaries: auto (on CUDA), off."""
+    tf32: bool = False
+    """On CUDA, let float32 matrix products and convolutions use TF32 (faster on Ampere and
+    later, about 3 fewer significant digits). Off: exact float32, whatever torch's defaults."""
 
 
 @dataclass(frozen=True)

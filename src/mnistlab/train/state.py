@@ -19,7 +19,7 @@ from mnistlab.data import Batcher, Split, Splits
 from mnistlab.io.callbacks import Callback
 from mnistlab.models import build_model
 from mnistlab.parallel import Strategy
-from mnistlab.parallel.device import resolve_device
+from mnistlab.parallel.device import resolve_device, set_tf32
 from mnistlab.train.ema import EMA
 from mnistlab.train.metrics import EvalResult, summarize
 from mnistlab.train.optim import build_optimizer
@@ -252,6 +252,7 @@ def build_run(
     if torch.get_num_threads() != threads:
         torch.set_num_threads(threads)
     strategy = strategy or Strategy(resolve_device(t.device))
+    set_tf32(t.tf32)
     torch.manual_seed(t.seed)
     np.random.seed(t.seed % 2**32)
     model = build_model(
