@@ -9,7 +9,9 @@ FILE`` keeps them.
 Engines (``train/steps.py``): ``autograd`` (every mode), ``fused`` (hand-written gradient, eager),
 ``graphs`` (the default on CUDA: the fused step from device tables on flat parameter, gradient and
 shadow buffers, captured as CUDA graphs), ``compiled+graphs`` (the same, passed through
-``torch.compile`` first; opt-in with ``train.compile=on``).
+``torch.compile`` first; opt-in with ``train.compile=on``). LeNet and the speedrun's cnn run the
+captured autograd step (``autograd+tables+cuda-graphs``), the default on CUDA for them; the
+uncaptured autograd engine and TF32 are timed beside it.
 """
 
 from __future__ import annotations
@@ -38,6 +40,14 @@ ENGINES = {
     "graphs": ["train.compile=off", "train.cuda_graphs=auto"],
     "fused": ["train.compile=off", "train.cuda_graphs=off"],
     "autograd": ["train.fused=false"],
+}
+
+# LeNet (momentum, dropout) through the captured autograd step (the default on CUDA), uncaptured
+# (the autograd engine), and captured with TF32 products and convolutions.
+LENET = {
+    "captured (default)": [],
+    "uncaptured (train.cuda_graphs=off)": ["train.cuda_graphs=off"],
+    "captured, train.tf32=true": ["train.tf32=true"],
 }
 
 
@@ -164,13 +174,20 @@ def in_process_figures(
         except Exception as exc:  # noqa: BLE001
             report(f"seed-mlp loop, {engine}", {"error": repr(exc)})
     try:
-        value = in_process(data, "lenet", args.lenet_steps, args.device, [])
-        value["seconds_per_10000_steps"] = round(
-            value["train_seconds"] * 10_000 / args.lenet_steps, 2
-        )
-        report("lenet loop", value)
+        value = in_process(data, "seed-mlp", args.steps, args.device, ["train.tf32=true"])
+        value["seconds_per_30000_steps"] = round(value["train_seconds"] * 30_000 / args.steps, 2)
+        report("seed-mlp loop, graphs, train.tf32=true", value)
     except Exception as exc:  # noqa: BLE001
-        report("lenet loop", {"error": repr(exc)})
+        report("seed-mlp loop, graphs, train.tf32=true", {"error": repr(exc)})
+    for label, extra in LENET.items():
+        try:
+            value = in_process(data, "lenet", args.lenet_steps, args.device, extra)
+            value["seconds_per_10000_steps"] = round(
+                value["train_seconds"] * 10_000 / args.lenet_steps, 2
+            )
+            report(f"lenet loop, {label}", value)
+        except Exception as exc:  # noqa: BLE001
+            report(f"lenet loop, {label}", {"error": repr(exc)})
     try:
         report("speedrun, 5 seeds", speedrun_seeds(data, args.device, 5))
     except Exception as exc:  # noqa: BLE001

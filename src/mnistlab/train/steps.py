@@ -243,6 +243,49 @@ def _stretch_order(run: Run, n: int) -> torch.Tensor:
     return order.to(run.data.train.images.device)
 
 
+class StepTables:
+    """What a captured step reads and writes instead of host values, for stretches of up to
+    ``chunk`` steps: each step's batch indices (``order``), its learning rate and EMA weight
+    (``rates``), its data loss (``losses``) and the step's place in the stretch (``counter``)."""
+
+    def __init__(self, run: Run, chunk: int):
+        device = run.strategy.device
+        self.chunk = chunk
+        self.order = torch.zeros(
+            chunk, run.config.train.batch_size, dtype=torch.int64, device=device
+        )
+        self.rates = torch.zeros(chunk, 2, device=device)  # (learning rate, EMA weight) a step
+        self.losses = torch.zeros(chunk, device=device)
+        self.counter = torch.zeros(1, dtype=torch.int64, device=device)
+
+    def fill(self, run: Run, n: int, lr_at: Callable[[Run, int], float]) -> list[float]:
+        """The next ``n`` steps' tables (advancing the batcher); returns their learning rates."""
+        assert n <= self.chunk, "a stretch is never longer than log_every"
+        ema = run.ema
+        lrs = [lr_at(run, run.step + i) for i in range(n)]
+        weights = [0.0] * n
+        if ema is not None:
+            weights = [1.0 - ema_decay_at(ema.num_updates + i, ema.decay) for i in range(n)]
+        self.order[:n].copy_(_stretch_order(run, n))
+        rows = [[lr, w] for lr, w in zip(lrs, weights, strict=True)]
+        rows += [[0.0, 0.0]] * (self.chunk - n)
+        self.rates.copy_(torch.tensor(rows, dtype=self.rates.dtype))
+        self.counter.zero_()
+        return lrs
+
+    def rates_now(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """This step's learning rate and EMA weight, as 0-dim device tensors."""
+        lr, w = self.rates.index_select(0, self.counter).view(2).unbind()
+        return lr, w
+
+    def finish(self, run: Run, n: int, losses: torch.Tensor, lrs: list[float]) -> None:
+        """After the stretch: its losses to the loop, the host's record of the rate and EMA."""
+        losses[:n].copy_(self.losses[:n])
+        run.lr = lrs[-1]
+        if run.ema is not None:
+            run.ema.num_updates += n
+
+
 def dense_step(
     weights: list[torch.Tensor],
     biases: list[torch.Tensor],
@@ -319,15 +362,10 @@ class TabledDenseEngine(FusedDenseEngine):
 
     def __init__(self, run: Run, *, compile_step: bool, graphs: bool):
         super().__init__(run)
-        t = run.config.train
         device = run.strategy.device
-        self.chunk = max(1, t.log_every)
+        self.chunk = max(1, run.config.train.log_every)
         self.graphs = graphs
-        cap = self.chunk
-        self.order = torch.zeros(cap, t.batch_size, dtype=torch.int64, device=device)
-        self.rates = torch.zeros(cap, 2, device=device)  # (learning rate, EMA weight) a step
-        self.losses = torch.zeros(cap, device=device)
-        self.counter = torch.zeros(1, dtype=torch.int64, device=device)
+        self.tables = StepTables(run, self.chunk)
         # The model's tensors in dense_step's order (weights, then biases), and the engine's flat
         # copies of them.
         self.outside = [w.detach() for w in self.weights] + [b.detach() for b in self.biases]
@@ -390,10 +428,10 @@ class TabledDenseEngine(FusedDenseEngine):
             self.flat_shadows,
             self._images,
             self._labels,
-            self.order,
-            self.rates,
-            self.losses,
-            self.counter,
+            self.tables.order,
+            self.tables.rates,
+            self.tables.losses,
+            self.tables.counter,
             self.one,
             self.l2,
         )
@@ -417,7 +455,7 @@ class TabledDenseEngine(FusedDenseEngine):
             side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side) if side is not None else contextlib.nullcontext():
             for _ in range(3):
-                self.counter.zero_()
+                self.tables.counter.zero_()
                 self._step()
         if side is not None:
             torch.cuda.current_stream().wait_stream(side)
@@ -447,20 +485,11 @@ class TabledDenseEngine(FusedDenseEngine):
 
     def run(self, run: Run, n: int, losses: torch.Tensor) -> None:
         self._images, self._labels = run.data.train.images, run.data.train.labels
-        assert n <= self.chunk, "a stretch is never longer than log_every"
-        first, ema = run.step, run.ema
-        lrs = [self.lr_at(run, first + i) for i in range(n)]
-        weights = [0.0] * n
-        if ema is not None:
-            weights = [1.0 - ema_decay_at(ema.num_updates + i, ema.decay) for i in range(n)]
-        self.order[:n].copy_(_stretch_order(run, n))
-        rows = [[lr, w] for lr, w in zip(lrs, weights, strict=True)]
-        rows += [[0.0, 0.0]] * (self.chunk - n)
-        self.rates.copy_(torch.tensor(rows, dtype=self.rates.dtype))
+        lrs = self.tables.fill(run, n, self.lr_at)
         self._copy_in()
         if self._graph is None and (self.graphs or self.compiled):
             self._prepare()
-        self.counter.zero_()
+        self.tables.counter.zero_()
         if self.graphs and n == self.chunk:
             assert self._graph is not None
             self._graph.replay()
@@ -471,10 +500,157 @@ class TabledDenseEngine(FusedDenseEngine):
                 else:
                     self._step()
         self._copy_out()
-        losses[:n].copy_(self.losses[:n])
-        run.lr = lrs[-1]
-        if ema is not None:
-            ema.num_updates += n
+        self.tables.finish(run, n, losses, lrs)
+
+
+class TabledAutogradEngine(Engine):
+    """Any model's step through autograd in one process, with every per-step value read from
+    device tables (``StepTables``), so that on CUDA the whole step — forward, backward, L2, the
+    optimizer's update, the moving average — is captured once as a CUDA graph and replayed for
+    each step: LeNet's and the speedrun's launches cost one replay instead of a few hundred
+    kernel launches from Python.
+
+    The update is written here with foreach kernels and a learning rate that lives on the
+    device (``torch.optim``'s SGD reads it on the host, which a graph would freeze at its first
+    value). It is torch's SGD, momentum and Nesterov exactly, in the optimizer's own momentum
+    buffers (so checkpoints and a later resume by another engine see them), except that
+    ``lr · update`` is rounded before it is subtracted. Dropout's random masks and batch norm's
+    running statistics are captured too (torch gives a graph its own offsets in the generator's
+    stream, so every replay draws new masks)."""
+
+    name = "autograd+tables"
+
+    def __init__(self, run: Run, *, graphs: bool):
+        self.loss_fn = loss_function(run.config.train.loss)
+        self.params = run.parameters()
+        self.weights = [p for p in self.params if p.ndim >= 2]
+        self.l2 = float(run.config.optim.l2)
+        o = run.config.optim
+        self.momentum = o.momentum if o.name in ("momentum", "nesterov") else 0.0
+        self.nesterov = o.name == "nesterov"
+        self.tables = StepTables(run, max(1, run.config.train.log_every))
+        self.run_ = run
+        self.graphs = graphs
+        self._graph: torch.cuda.CUDAGraph | None = None
+        self._buffers: list[torch.Tensor] = []
+        self.name = "autograd+tables" + ("+cuda-graphs" if graphs else "")
+
+    def _momentum_buffers(self) -> list[torch.Tensor]:
+        """The optimizer's momentum buffers, made (zero) where its first step has not run yet:
+        ``0 · m + g`` is the ``g`` torch's first step copies, so nothing changes."""
+        optimizer = self.run_.optimizer
+        buffers = []
+        for p in self.params:
+            state = optimizer.state[p]
+            if state.get("momentum_buffer") is None:
+                state["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            buffers.append(state["momentum_buffer"])
+        return buffers
+
+    def _step(self) -> None:
+        run, t = self.run_, self.tables
+        strategy = run.strategy
+        idx = t.order.index_select(0, t.counter).view(-1)
+        x = run.data.train.images.index_select(0, idx)
+        y = run.data.train.labels.index_select(0, idx)
+        loss = strategy.forward_backward(x, y, self.loss_fn)
+        add_l2_gradient(self.weights, self.l2)
+        lr, ema_weight = t.rates_now()
+        with torch.no_grad():
+            grads = [_grad(p) for p in self.params]
+            held = [p.detach() for p in self.params]
+            if self.momentum:
+                # torch's SGD: buf = m·buf + g; the step is buf, or g + m·buf for Nesterov.
+                torch._foreach_mul_(self._buffers, self.momentum)
+                torch._foreach_add_(self._buffers, grads)
+                if self.nesterov:
+                    torch._foreach_add_(grads, self._buffers, alpha=self.momentum)
+                else:
+                    grads = self._buffers
+            torch._foreach_sub_(held, torch._foreach_mul(grads, lr))
+            if run.ema is not None:
+                shadows = run.ema.shadows
+                diffs = torch._foreach_sub(held, shadows)
+                torch._foreach_mul_(diffs, ema_weight)
+                torch._foreach_add_(shadows, diffs)
+            t.losses.index_copy_(0, t.counter, loss.view(1))
+            t.counter.add_(1)
+
+    def _state(self) -> list[torch.Tensor]:
+        """Everything a step changes, for the warm-up to put back."""
+        run = self.run_
+        model = run.strategy.model
+        assert model is not None
+        shadows = run.ema.shadows if run.ema is not None else []
+        return [*self.params, *self._buffers, *shadows, *model.buffers()]
+
+    def _capture(self) -> None:
+        """Warm up on a side stream (as capture requires), put every tensor and the random
+        generator back as they were, then capture one step (recording runs nothing)."""
+        state = self._state()
+        saved = [s.detach().clone() for s in state]
+        rng = torch.cuda.get_rng_state()
+        try:
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                for _ in range(3):
+                    self.tables.counter.zero_()
+                    for p in self.params:
+                        p.grad = None
+                    self._step()
+            torch.cuda.current_stream().wait_stream(side)
+        finally:
+            torch.cuda.synchronize()
+            with torch.no_grad():
+                for s, v in zip(state, saved, strict=True):
+                    s.copy_(v)
+            torch.cuda.set_rng_state(rng)
+        for p in self.params:  # the graph's backward writes each gradient into memory of its own
+            p.grad = None
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            self._step()
+        self._graph = graph
+
+    def run(self, run: Run, n: int, losses: torch.Tensor) -> None:
+        if self.momentum and not self._buffers:
+            self._buffers = self._momentum_buffers()
+        lrs = self.tables.fill(run, n, self.lr_at)
+        if self.graphs and self._graph is None:
+            try:
+                self._capture()
+            except Exception as exc:  # noqa: BLE001 - capture is an optimisation, not a need
+                import sys
+
+                first = str(exc).splitlines()[0] if str(exc) else ""
+                print(
+                    f"mnistlab: capturing the step as a CUDA graph failed ({type(exc).__name__}: "
+                    f"{first}); running it uncaptured",
+                    file=sys.stderr,
+                )
+                self.graphs, self.name = False, "autograd+tables"
+        self.tables.counter.zero_()
+        for _ in range(n):
+            if self._graph is not None:
+                self._graph.replay()
+            else:
+                for p in self.params:
+                    p.grad = None
+                self._step()
+        self.tables.finish(run, n, losses, lrs)
+        for group in run.optimizer.param_groups:
+            group["lr"] = run.lr
+
+
+def captured_reason(run: Run) -> str | None:
+    """Why the captured autograd step cannot run this configuration (``None`` when it can)."""
+    c = run.config
+    if type(run.strategy) is not Strategy:
+        return f"parallel mode {run.strategy.mode!r} steps through its own collectives"
+    if c.optim.name not in ("sgd", "momentum", "nesterov"):
+        return f"optimizer {c.optim.name!r} (the captured step does SGD, momentum and Nesterov)"
+    return None
 
 
 def select_engine(run: Run) -> tuple[Engine, str | None]:
@@ -483,9 +659,11 @@ def select_engine(run: Run) -> tuple[Engine, str | None]:
     if not t.fused:
         return AutogradEngine(run), "train.fused=false"
     reason = fused_reason(run)
-    if reason is not None:
-        return AutogradEngine(run), reason
     cuda = run.strategy.device.type == "cuda"
+    if reason is not None:
+        if cuda and _on(t.cuda_graphs, True) and captured_reason(run) is None:
+            return TabledAutogradEngine(run, graphs=True), reason
+        return AutogradEngine(run), reason
     # Off unless asked: measured on one H100, the compiled step replayed slower (11.6 s for
     # seed-mlp's 30,000 steps) than the captured eager step (5.5 s); see docs/speed.md.
     compile_step = _on(t.compile, False)
