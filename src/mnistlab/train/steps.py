@@ -507,8 +507,8 @@ class TabledAutogradEngine(Engine):
     """Any model's step through autograd in one process, with every per-step value read from
     device tables (``StepTables``), so that on CUDA the whole step — forward, backward, L2, the
     optimizer's update, the moving average — is captured once as a CUDA graph and replayed for
-    each step: LeNet's and the speedrun's launches cost one replay instead of a few hundred
-    kernel launches from Python.
+    each step: a step of LeNet or the speedrun's cnn costs the host one replay instead of a
+    launch from Python for each of its kernels.
 
     The update is written here with foreach kernels and a learning rate that lives on the
     device (``torch.optim``'s SGD reads it on the host, which a graph would freeze at its first
