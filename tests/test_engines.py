@@ -177,6 +177,35 @@ def test_captured_step_resumes_what_autograd_saved(sample_splits, float64, tmp_p
     assert max(float((a - b).abs().max()) for a, b in zip(got, ref, strict=True)) < 1e-5
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")
+@pytest.mark.parametrize(
+    "preset,overrides",
+    [
+        ("speedrun", ["model.hidden=4,8", "optim.warmup_steps=20"]),
+        ("lenet", ["model.hidden=16", "model.dropout=0"]),
+    ],
+)
+def test_captured_step_on_cuda_agrees_with_uncaptured_autograd(
+    sample_splits, float64, preset, overrides
+):
+    """On a GPU, the default for these models is the step captured as a CUDA graph: it must
+    really be captured (no fall-back) and train as the uncaptured autograd engine does."""
+    data = as_dtype(sample_splits, torch.float64)
+    settings = ["train.device=cuda", "train.steps=60", "train.log_every=20", "train.batch_size=25"]
+    config = small_config(preset, *settings, *overrides)
+    auto = build_run(small_config(preset, *settings, *overrides, "train.cuda_graphs=off"), data)
+    auto_loop = _Loop(auto)
+    assert isinstance(auto_loop.engine, AutogradEngine)
+    auto_loop.run()
+    run = build_run(config, data)
+    loop = _Loop(run)
+    assert isinstance(loop.engine, TabledAutogradEngine)
+    loop.run()
+    assert loop.engine.name == "autograd+tables+cuda-graphs", "the capture fell back"
+    got, ref = everything(run), everything(auto)
+    assert max(float((a - b).abs().max()) for a, b in zip(got, ref, strict=True)) < 1e-5
+
+
 def test_what_the_captured_step_does_not_cover(sample_splits):
     run = build_run(small_config("lenet", "optim.name=adam", "optim.lr=0.001"), sample_splits)
     assert "adam" in (captured_reason(run) or "")
