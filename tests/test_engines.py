@@ -206,6 +206,21 @@ def test_captured_step_on_cuda_agrees_with_uncaptured_autograd(
     assert max(float((a - b).abs().max()) for a, b in zip(got, ref, strict=True)) < 1e-5
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")
+def test_captured_dense_step_on_cuda_agrees_with_the_fused_step(sample_splits):
+    """On a GPU, seed-mlp's default is the flat-buffer step captured as CUDA graphs: it must
+    train as the eager fused step does there."""
+    settings = ["train.device=cuda", "train.steps=100"]
+    eager, loss_e, loop = trained(
+        small_config("seed-mlp", *settings, "train.cuda_graphs=off"), sample_splits
+    )
+    assert loop.engine.name == "fused"
+    graph, loss_g, loop = trained(small_config("seed-mlp", *settings), sample_splits)
+    assert loop.engine.name == "fused+tables+cuda-graphs"
+    assert abs(loss_e - loss_g) <= 1e-5 * abs(loss_e)
+    assert max(float((a - b).abs().max()) for a, b in zip(eager, graph, strict=True)) < 1e-5
+
+
 def test_what_the_captured_step_does_not_cover(sample_splits):
     run = build_run(small_config("lenet", "optim.name=adam", "optim.lr=0.001"), sample_splits)
     assert "adam" in (captured_reason(run) or "")
