@@ -238,6 +238,29 @@ def test_compiled_step_agrees_with_the_eager_step_within_1e5(sample_splits):
     assert max(float((a - b).abs().max()) for a, b in zip(eager, compiled, strict=True)) < 1e-5
 
 
+def test_a_failed_compile_says_so_and_trains_uncompiled(sample_splits, monkeypatch, capsys):
+    """Compilation is an optimisation: when it fails the run says why in one line and goes on
+    with the same step uncompiled, the weights untouched by the failed attempt."""
+
+    def broken(fn, **_kwargs):
+        def fail(*_args, **_kw):
+            raise RuntimeError("no C++ compiler here\nmore detail")
+
+        return fail
+
+    monkeypatch.setattr(torch, "compile", broken)
+    config = small_config("seed-mlp", "train.steps=100")
+    eager, _, _ = trained(config, sample_splits)
+    table, _, loop = trained(config, sample_splits, tables(True))
+    assert loop.engine.name == "fused+tables"
+    err = capsys.readouterr().err
+    assert (
+        "mnistlab: torch.compile failed (RuntimeError: no C++ compiler here); "
+        "running the step uncompiled\n"
+    ) in err
+    assert max(float((a - b).abs().max()) for a, b in zip(eager, table, strict=True)) < 1e-5
+
+
 def test_fused_runs_never_build_the_optimizer_and_resume_across_engines(sample_splits):
     """The fused step updates the weights itself: its run builds no torch.optim optimizer (whose
     construction imports torch's compiler), and checkpoints move between the two engines."""

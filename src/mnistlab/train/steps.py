@@ -25,7 +25,8 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Callable, Sequence
+import sys
+from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING
 
 import torch
@@ -341,6 +342,28 @@ def dense_step(
     counter.add_(1)
 
 
+@contextlib.contextmanager
+def _side_stream(enabled: bool) -> Iterator[None]:
+    """Run the body on a CUDA side stream, as torch asks of the warm-up before a capture (a
+    plain block when ``enabled`` is false)."""
+    if not enabled:
+        yield
+        return
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    try:
+        with torch.cuda.stream(side):
+            yield
+    finally:
+        torch.cuda.current_stream().wait_stream(side)
+
+
+def _say_fallback(what: str, exc: Exception, instead: str) -> None:
+    """One line on stderr: an optimisation of the step failed, and how the run goes on."""
+    first = str(exc).splitlines()[0] if str(exc) else ""
+    print(f"mnistlab: {what} failed ({type(exc).__name__}: {first}); {instead}", file=sys.stderr)
+
+
 def _flat_views(flat: torch.Tensor, like: Sequence[torch.Tensor]) -> list[torch.Tensor]:
     """Views of ``flat`` shaped as ``like``, one after another."""
     views, offset = [], 0
@@ -450,15 +473,10 @@ class TabledDenseEngine(FusedDenseEngine):
         if self.flat_shadows is not None:
             state.append(self.flat_shadows)
         saved = [t.detach().clone() for t in state]
-        side = torch.cuda.Stream() if self.graphs else None
-        if side is not None:
-            side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side) if side is not None else contextlib.nullcontext():
+        with _side_stream(self.graphs):
             for _ in range(3):
                 self.tables.counter.zero_()
                 self._step()
-        if side is not None:
-            torch.cuda.current_stream().wait_stream(side)
         with torch.no_grad():
             for t, s in zip(state, saved, strict=True):
                 t.copy_(s)
@@ -469,13 +487,7 @@ class TabledDenseEngine(FusedDenseEngine):
         except Exception as exc:  # noqa: BLE001 - compilation is an optimisation, not a need
             if not self.compiled:
                 raise
-            import sys
-
-            print(
-                f"mnistlab: torch.compile failed ({type(exc).__name__}: "
-                f"{str(exc).splitlines()[0] if str(exc) else ''}); running the step uncompiled",
-                file=sys.stderr,
-            )
+            _say_fallback("torch.compile", exc, "running the step uncompiled")
             self._step_fn, self.compiled = dense_step, False
             self._set_name()
             self._warm_up()
@@ -591,15 +603,12 @@ class TabledAutogradEngine(Engine):
         saved = [s.detach().clone() for s in state]
         rng = torch.cuda.get_rng_state()
         try:
-            side = torch.cuda.Stream()
-            side.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(side):
+            with _side_stream(True):
                 for _ in range(3):
                     self.tables.counter.zero_()
                     for p in self.params:
                         p.grad = None
                     self._step()
-            torch.cuda.current_stream().wait_stream(side)
         finally:
             torch.cuda.synchronize()
             with torch.no_grad():
@@ -621,14 +630,7 @@ class TabledAutogradEngine(Engine):
             try:
                 self._capture()
             except Exception as exc:  # noqa: BLE001 - capture is an optimisation, not a need
-                import sys
-
-                first = str(exc).splitlines()[0] if str(exc) else ""
-                print(
-                    f"mnistlab: capturing the step as a CUDA graph failed ({type(exc).__name__}: "
-                    f"{first}); running it uncaptured",
-                    file=sys.stderr,
-                )
+                _say_fallback("capturing the step as a CUDA graph", exc, "running it uncaptured")
                 self.graphs, self.name = False, "autograd+tables"
         self.tables.counter.zero_()
         for _ in range(n):
