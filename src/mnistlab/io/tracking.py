@@ -103,6 +103,26 @@ def _tensorboard_without_tensorflow() -> None:
         sys.modules.setdefault("tensorboard.compat.notf", types.ModuleType("notf"))
 
 
+def _graph_profile(model: torch.nn.Module, sample: torch.Tensor) -> tuple[Any, Any]:
+    """The model's graph as ``SummaryWriter.add_graph`` writes it, without its trace check.
+
+    ``add_graph`` traces with ``check_trace=True``, and the check's output comparison imports
+    torch's whole DTensor stack: 0.65 s of every run's start-up on two CPU cores, for a model
+    this callback has just built and a graph nobody checks. The check only verifies the trace;
+    the graph written is the same (compared proto for proto on seed-mlp and LeNet)."""
+    from tensorboard.compat.proto.config_pb2 import RunMetadata
+    from tensorboard.compat.proto.graph_pb2 import GraphDef
+    from tensorboard.compat.proto.step_stats_pb2 import DeviceStepStats, StepStats
+    from tensorboard.compat.proto.versions_pb2 import VersionDef
+    from torch.utils.tensorboard._pytorch_graph import parse
+
+    trace = torch.jit.trace(model, sample, check_trace=False)
+    torch._C._jit_pass_inline(trace.graph)
+    nodes = parse(trace.graph, trace, sample)
+    stats = RunMetadata(step_stats=StepStats(dev_stats=[DeviceStepStats(device="/device:CPU:0")]))
+    return GraphDef(node=nodes, versions=VersionDef(producer=22)), stats
+
+
 class TrackingCallback(Callback):
     """Writes TensorBoard events and ``metrics.jsonl`` into ``run_dir``.
 
@@ -192,7 +212,12 @@ class TrackingCallback(Callback):
             sample = run.data.train.images[:1].detach().to("cpu")
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                self.writer.add_graph(model, sample)
+                try:
+                    profile = _graph_profile(model, sample)
+                except (ImportError, AttributeError, TypeError):
+                    self.writer.add_graph(model, sample)  # torch moved its helpers: the slow way
+                else:
+                    self.writer._get_file_writer().add_graph(profile)
         except Exception as exc:  # noqa: BLE001 - the graph is a nicety, training is not
             print(
                 f"mnistlab: TensorBoard graph skipped ({type(exc).__name__}: {exc})",
