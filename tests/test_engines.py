@@ -293,3 +293,58 @@ def test_tf32_stays_off_unless_a_run_asks(sample_splits):
         assert torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32
     finally:
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = matmul, cudnn
+
+
+# What makes the host wait for the device on a GPU: a tensor read as a Python value (``item``,
+# ``bool``, ``float``: all ``_local_scalar_dense``), and the ops whose output size depends on the
+# data. A captured step cannot hold one, and an uncaptured one stalls the queue at each.
+WAITING_OPS = {
+    torch.ops.aten._local_scalar_dense.default,
+    torch.ops.aten.nonzero.default,
+    torch.ops.aten.masked_select.default,
+    torch.ops.aten.equal.default,
+}
+
+
+def waits_in(engine, run, n) -> list[str]:
+    """The waiting ops one stretch of ``n`` steps dispatches (the loop's boundaries excluded)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    seen: list[str] = []
+
+    class Watch(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func in WAITING_OPS:
+                seen.append(str(func))
+            return func(*args, **(kwargs or {}))
+
+    losses = torch.zeros(n)
+    with Watch():
+        engine.run(run, n, losses)
+    run.step += n
+    return seen
+
+
+@pytest.mark.parametrize(
+    "preset,engine",
+    [
+        ("seed-mlp", FusedDenseEngine),
+        ("seed-mlp", lambda run: TabledDenseEngine(run, compile_step=False, graphs=False)),
+        ("lenet", lambda run: TabledAutogradEngine(run, graphs=False)),
+        ("speedrun", lambda run: TabledAutogradEngine(run, graphs=False)),
+        ("lenet", AutogradEngine),
+    ],
+)
+def test_no_step_waits_for_the_device(sample_splits, preset, engine):
+    """Between two boundaries no step asks the device for a value (losses are read at the
+    boundary, in one piece): on a GPU the host runs ahead and the tabled steps can be captured.
+    Checked on the CPU by watching every op the stretch dispatches."""
+    small = {
+        "lenet": ["model.hidden=16"],
+        "speedrun": ["model.hidden=4,8", "optim.warmup_steps=10"],
+    }.get(preset, [])
+    config = small_config(preset, "train.steps=40", "train.log_every=20", *small)
+    run = build_run(config, sample_splits)
+    stepper = engine(run)
+    assert waits_in(stepper, run, 2) == []  # the first stretch: buffers made, nothing read
+    assert waits_in(stepper, run, 20) == []
