@@ -183,6 +183,10 @@ def test_captured_step_resumes_what_autograd_saved(sample_splits, float64, tmp_p
     [
         ("speedrun", ["model.hidden=4,8", "optim.warmup_steps=20"]),
         ("lenet", ["model.hidden=16", "model.dropout=0"]),
+        # Dropout: a replayed graph draws from the generator at the offsets the uncaptured steps
+        # would use (torch moves the generator on by the graph's whole draw at each replay), so
+        # the masks, and the training, are the same.
+        ("lenet", ["model.hidden=16"]),
     ],
 )
 def test_captured_step_on_cuda_agrees_with_uncaptured_autograd(
