@@ -6,7 +6,7 @@ FILE`` keeps them.
 
     python benchmarks/gpu.py --data-dir DIR [--json gpu.json]
 
-Engines (``train/steps.py``): ``autograd`` (every mode), ``fused`` (hand-written gradient, eager),
+Engines (``train/steps.py`` picks one): ``autograd`` (every mode), ``fused`` (hand-written gradient, eager),
 ``graphs`` (the default on CUDA: the fused step from device tables on flat parameter, gradient and
 shadow buffers, captured as CUDA graphs), ``compiled+graphs`` (the same, passed through
 ``torch.compile`` first; opt-in with ``train.compile=on``). LeNet and the speedrun's cnn run the

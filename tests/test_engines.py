@@ -9,16 +9,11 @@ import torch
 
 from mnistlab.io.checkpoint import CheckpointCallback, load_checkpoint
 from mnistlab.train import build_run
+from mnistlab.train.captured import TabledAutogradEngine, captured_reason
+from mnistlab.train.dense import FusedDenseEngine, TabledDenseEngine, fused_reason
+from mnistlab.train.engine import AutogradEngine
 from mnistlab.train.loop import _Loop
-from mnistlab.train.steps import (
-    AutogradEngine,
-    FusedDenseEngine,
-    TabledAutogradEngine,
-    TabledDenseEngine,
-    captured_reason,
-    fused_reason,
-    select_engine,
-)
+from mnistlab.train.steps import select_engine
 
 from .conftest import small_config
 from .dist_worker import as_dtype

@@ -52,7 +52,7 @@ class Strategy:
     def optimizer(self) -> torch.optim.Optimizer | None:
         """Built on first use: constructing a ``torch.optim`` optimizer imports torch's compiler
         stack (about 2 s on a small CPU), which a run whose engine updates the weights itself
-        (``train/steps.py``) and has no optimizer state never needs."""
+        (``train/dense.py``) and has no optimizer state never needs."""
         if self._optimizer is None and self._make_optimizer is not None:
             self._optimizer, self._make_optimizer = self._make_optimizer(), None
         return self._optimizer

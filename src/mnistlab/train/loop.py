@@ -2,12 +2,12 @@
 
 Training is cut into stretches between *boundaries*: every ``train.log_every`` steps (the losses
 are checked and reported, and the stop flag is agreed on), every ``train.eval_every`` steps
-(validation), every checkpoint, the last step. An engine (``train/steps.py``) runs each stretch
-without the host waiting on the device; at a boundary the loop does every collective operation
-itself, on every rank in the same order — evaluations, the predictions callbacks asked for, the
-new-best decision, the stop flag, the consolidated state for a checkpoint — and hands the results
-to the callbacks, which only write (``io/callbacks.py``). So ranks stay in step whatever a user
-switches on.
+(validation), every checkpoint, the last step. An engine (picked in ``train/steps.py``) runs
+each stretch without the host waiting on the device; at a boundary the loop does every
+collective operation itself, on every rank in the same order — evaluations, the predictions
+callbacks asked for, the new-best decision, the stop flag, the consolidated state for a
+checkpoint — and hands the results to the callbacks, which only write (``io/callbacks.py``). So
+ranks stay in step whatever a user switches on.
 """
 
 from __future__ import annotations
@@ -34,10 +34,11 @@ from mnistlab.io.callbacks import (
     Wants,
 )
 from mnistlab.parallel import Strategy
+from mnistlab.train.engine import Engine
 from mnistlab.train.metrics import summarize
 from mnistlab.train.objective import l2_penalty
 from mnistlab.train.state import Run, TrainResult, build_run
-from mnistlab.train.steps import Engine, check_finite_losses, select_engine
+from mnistlab.train.steps import check_finite_losses, select_engine
 
 
 class TrainingInterrupted(TrainingError):
