@@ -86,10 +86,7 @@ class TabledAutogradEngine(Engine):
                     grads = self._buffers
             torch._foreach_sub_(held, torch._foreach_mul(grads, lr))
             if run.ema is not None:
-                shadows = run.ema.shadows
-                diffs = torch._foreach_sub(held, shadows)
-                torch._foreach_mul_(diffs, ema_weight)
-                torch._foreach_add_(shadows, diffs)
+                run.ema.update_with(ema_weight)
             t.losses.index_copy_(0, t.counter, loss.view(1))
             t.counter.add_(1)
 

@@ -37,3 +37,10 @@ class EMA:
         # shadow = d * shadow + (1 - d) * param  ==  lerp(shadow, param, 1 - d)
         torch._foreach_lerp_(self.shadows, self._targets, 1.0 - d)
         self.num_updates += 1
+
+    @torch.no_grad()
+    def update_with(self, weight: torch.Tensor) -> None:
+        """The same update with its weight (``1 - decay``) as a 0-dim tensor on the device, for a
+        step that reads it from a table and runs captured (a host value would be frozen in the
+        graph). The caller counts these updates into ``num_updates``."""
+        torch._foreach_lerp_(self.shadows, self._targets, [weight] * len(self.shadows))
