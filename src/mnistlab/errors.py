@@ -35,3 +35,13 @@ class TrackingError(MnistlabError):
 
 class ParallelError(MnistlabError):
     """A parallel run cannot start or a worker failed."""
+
+
+class ImageError(DataError):
+    """An image cannot be read as a digit: not an image, too large, damaged (the server: 4xx)."""
+
+
+class NoDigitError(ImageError):
+    """An image was read but holds no digit: blank, or ink too small or too faint to be one.
+
+    Said instead of guessing: a model asked about an empty canvas still names some class."""
