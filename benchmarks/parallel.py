@@ -61,16 +61,19 @@ def worker(args: argparse.Namespace) -> None:
     from mnistlab.train import train
 
     class Window(Callback):
-        """Profiles steps [start, start + length) of the main rank's loop."""
+        """Profiles steps [n, 2n) of the main rank's loop, n a quarter of the steps this process
+        runs (an async worker runs its share of them), at most 200."""
 
-        def __init__(self, start: int, length: int):
-            self.start, self.end = start, start + length
+        def __init__(self) -> None:
+            self.start = self.end = 0
             self.prof: Any = None
             self.comm_share = 0.0
 
         def wants(self, run: Any) -> Wants:
+            length = max(1, min(200, run.config.train.steps // 4))
+            self.start, self.end = length, 2 * length
             # Make the window's first and last steps boundaries the hooks see.
-            return Wants(histogram_every=self.end - self.start)
+            return Wants(histogram_every=length)
 
         def on_boundary(self, run: Any, steps_done: int) -> None:
             if run.step == self.start:
@@ -101,10 +104,7 @@ def worker(args: argparse.Namespace) -> None:
     config = resolve("seed-mlp", None, overrides)
     data = load_splits(args.dataset, args.data_dir)
     strategy = make_parallel_strategy(config)
-    if strategy is not None:
-        config = strategy.worker_config(config, len(data.train))
-    length = max(1, min(200, config.train.steps // 4))
-    window = Window(length, length)
+    window = Window()
     result = train(config, data, strategy=strategy, callbacks=[window])
     if strategy is None or strategy.is_main:
         total_steps = args.steps  # async: all workers' updates together

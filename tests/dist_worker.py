@@ -23,29 +23,37 @@ import torch
 from mnistlab.config import resolve
 from mnistlab.data import Split, Splits, load_splits
 from mnistlab.errors import MnistlabError
-from mnistlab.io.callbacks import Callback
+from mnistlab.io.callbacks import Callback, Wants
 from mnistlab.parallel import make_parallel_strategy
 from mnistlab.parallel.dist import init_group
 from mnistlab.train import train
 
 
 class Capture(Callback):
-    """Saves the consolidated end state (collective: every rank takes part)."""
+    """Saves the consolidated end state: the loop hands it over at the last step (every rank
+    takes part in consolidating it; the hooks run on the main rank)."""
 
     def __init__(self, path: Path):
         self.path = path
+        self.state: dict[str, Any] | None = None
+
+    def wants(self, run: Any) -> Wants:
+        return Wants(checkpoints=True)  # checkpoint_every=0: only the last step
+
+    def on_checkpoint(self, run: Any, state: dict[str, Any], *, periodic: bool, best: bool) -> None:
+        if periodic:
+            self.state = state
 
     def on_end(self, run: Any, result: Any) -> None:
-        state = run.state_dict()
-        if run.is_main:
-            torch.save(
-                state
-                | {
-                    "last_loss": run.last_loss,
-                    "test_accuracy": result.test.accuracy if result.test else None,
-                },
-                self.path,
-            )
+        assert self.state is not None and self.state["step"] == run.step
+        torch.save(
+            self.state
+            | {
+                "last_loss": run.last_loss,
+                "test_accuracy": result.test.accuracy if result.test else None,
+            },
+            self.path,
+        )
 
 
 def as_dtype(data: Splits, dtype: torch.dtype) -> Splits:
@@ -67,8 +75,6 @@ def run_case(case: dict[str, Any], data: Splits, out: Path, strategy: Any = None
     previous = torch.get_default_dtype()
     torch.set_default_dtype(dtype)  # the model is built in this dtype
     try:
-        if strategy is not None:
-            config = strategy.worker_config(config, len(data.train))
         resume = torch.load(case["resume"], weights_only=False) if case.get("resume") else None
         train(
             config,

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import mnistlab
-from mnistlab.errors import ConfigError, DataError
+from mnistlab.errors import CheckpointError, ConfigError, DataError
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -31,12 +31,107 @@ def test_train_returns_model_history_and_figure(trained):
     assert result.test_accuracy is not None and result.test_accuracy > 0.85
     assert result.config.train.steps == 300 and result.config.preset == "seed-softmax"
     assert result.run_dir == folder and (folder / "checkpoints").is_dir()
-    steps = [r["step"] for r in result.history if "loss" in r]
-    assert steps and steps[-1] == 300
-    assert any("validation_accuracy" in r for r in result.history)
+    h = result.history
+    assert h["step"] and h["step"][-1] == 300 and len(h["loss"]) == len(h["step"])
+    assert h["val_step"][-1] == 300 and len(h["val_accuracy"]) == len(h["val_step"])
+    assert h["val_accuracy"][-1] == pytest.approx(result.validation_accuracy)
+    assert all(lr > 0 for lr in h["lr"])
+    with pytest.raises(KeyError, match="val_accuracy"):  # names the columns there are
+        h["validation"]
     fig = result.figure()
     assert len(fig.axes) == 3 and "test accuracy" in fig._suptitle.get_text()
-    assert "seed-softmax" in result._repr_html_()
+    assert fig._repr_png_().startswith(b"\x89PNG")  # a notebook draws it without %matplotlib
+    html = result._repr_html_()
+    assert "seed-softmax" in html and "data:image/png;base64," in html
+    text = repr(result)
+    assert text.startswith("<mnistlab.TrainingResult seed-softmax") and len(text) < 200
+    assert "\n" not in text and "confusion" not in text
+
+
+def test_history_as_a_table():
+    pd = pytest.importorskip("pandas")
+    result = mnistlab.train(
+        "seed-softmax", steps=60, log_every=10, eval_every=30, dataset="mnist-sample", device="cpu"
+    )
+    table = result.history.to_pandas()
+    assert isinstance(table, pd.DataFrame) and table.index.name == "step"
+    assert list(table.index) == [10, 20, 30, 40, 50, 60]
+    assert table["val_accuracy"].notna().tolist() == [False, False, True, False, False, True]
+    assert table.loc[60, "loss"] == pytest.approx(result.history["loss"][-1])
+
+
+def test_evaluate_save_and_export(trained, tmp_path, sample_splits):
+    result, folder = trained
+    ev = mnistlab.evaluate(result.model)
+    assert ev.split == "test" and ev.dataset == "mnist-sample" and ev.count == 1000
+    assert ev.accuracy == pytest.approx(result.test_accuracy, abs=1e-9)
+    assert set(ev.per_class) == {str(i) for i in range(10)}
+    assert ev.confusion.shape == (10, 10) and ev.confusion.sum() == 1000
+    assert np.trace(ev.confusion) / 1000 == pytest.approx(ev.accuracy)
+    assert mnistlab.evaluate(folder, "validation").count == 500  # a run folder works too
+    assert mnistlab.evaluate(result).accuracy == ev.accuracy  # and what train returned
+    fig = ev.plot()
+    assert fig._repr_png_().startswith(b"\x89PNG") and "confusion" in ev._repr_html_() + "confusion"
+    assert "%" in repr(ev) and len(repr(ev)) < 120
+    with pytest.raises(ConfigError, match="split"):
+        mnistlab.evaluate(result.model, "tset")
+
+    saved = result.model.save(tmp_path / "softmax.pt")
+    again = mnistlab.load(saved)
+    digits = sample_splits.test.images[:50].numpy()
+    np.testing.assert_array_equal(again.probabilities(digits), result.model.probabilities(digits))
+    assert again.info["steps"] == 300
+    with pytest.raises(CheckpointError, match="exists"):
+        result.model.save(saved)
+    result.model.save(saved, overwrite=True)
+
+    exported = result.model.export(tmp_path / "softmax.safetensors")
+    from safetensors.torch import load_file
+
+    weights = load_file(exported)
+    assert weights["logits.weight"].shape == (10, 784)
+    with pytest.raises(CheckpointError, match="format"):
+        result.model.export(tmp_path / "softmax.bin")
+
+
+def test_a_saved_model_resumes_exactly(tmp_path):
+    """``Model.save`` writes the whole training state: training on from it is the same run."""
+    common = {"dataset": "mnist-sample", "device": "cpu", "threads": 1}
+    whole = mnistlab.train("seed-softmax", steps=40, **common)
+    half = mnistlab.train("seed-softmax", steps=20, **common)
+    file = half.model.save(tmp_path / "half.pt")
+    on = mnistlab.train("seed-softmax", resume=file, steps=40, **common)
+    for name, tensor in whole.model.module.state_dict().items():
+        assert torch.equal(tensor, on.model.module.state_dict()[name]), name
+
+
+def test_no_route_overwrites_another_run(tmp_path):
+    """The API claims its run folder like the command line: another run's folder is refused
+    (nothing of it changes), ``overwrite=True`` replaces it, ``resume=`` continues it."""
+    run = tmp_path / "run"
+    common = {"dataset": "mnist-sample", "device": "cpu", "threads": 1, "eval_every": 10}
+    mnistlab.train("seed-softmax", steps=30, checkpoint__every=10, run_dir=run, **common)
+    before = {p.name: p.read_bytes() for p in sorted((run / "checkpoints").iterdir())}
+    config_before = (run / "config.toml").read_text()
+    metrics_before = (run / "metrics.jsonl").read_text()
+    with pytest.raises(ConfigError, match="already holds another run"):
+        mnistlab.train("seed-softmax", steps=5, run_dir=run, **common)
+    assert {p.name: p.read_bytes() for p in sorted((run / "checkpoints").iterdir())} == before
+    assert (run / "config.toml").read_text() == config_before
+    assert (run / "metrics.jsonl").read_text() == metrics_before
+
+    goes_on = mnistlab.train("seed-softmax", resume=run, steps=40, **common)
+    assert goes_on.run_dir == run and goes_on.result.steps == 40
+
+    other = tmp_path / "other"
+    mnistlab.train("seed-softmax", steps=10, run_dir=other, **common)
+    step = sorted((run / "checkpoints").glob("step-*.pt"))[0]
+    with pytest.raises(ConfigError, match="holds a different run"):
+        mnistlab.train("seed-softmax", resume=step, steps=50, run_dir=other, **common)
+
+    fresh = mnistlab.train("seed-softmax", steps=5, run_dir=run, overwrite=True, **common)
+    assert fresh.result.steps == 5
+    assert sorted(p.name for p in (run / "checkpoints").glob("step-*.pt")) == ["step-000005.pt"]
 
 
 def test_load_reads_what_train_trained(trained, sample_splits):
@@ -96,8 +191,36 @@ def test_predict_takes_arrays_images_paths_and_tensors(trained, sample_splits, t
     assert model.predict(digit.numpy()).as_dict()["label"] == label
 
 
+def test_a_batch_is_never_guessed_from_its_size(trained, sample_splits):
+    """An N x 784 array is N flat digits whatever N is (28 included); ``batch=`` says otherwise."""
+    model = trained[0].model
+    flat = sample_splits.test.images[:28].numpy()
+    assert flat.shape == (28, 784)
+    read = model.predict(flat)
+    assert isinstance(read, list) and len(read) == 28
+    assert [p.label for p in read] == [p.label for p in model.predict(list(flat))]
+    assert model.probabilities(flat).shape == (28, 10)
+    one = model.predict(flat[0].reshape(28, 28), batch=False)
+    assert one.label == read[0].label
+    assert len(model.predict(flat[:3].reshape(3, 28, 28), batch=True)) == 3
+    with pytest.raises(DataError, match="batch=True"):
+        model.predict("digit.png", batch=True)
+
+
 def test_bad_inputs_and_settings_are_clear_errors(trained, tmp_path):
     model = trained[0].model
+    with pytest.raises(DataError, match="complex"):
+        model.predict(np.ones((28, 28), dtype=np.complex64))
+    with pytest.raises(DataError, match="numbers"):
+        model.predict(np.array([["a"] * 28] * 28))
+    with pytest.raises(ConfigError, match="preset is a name"):
+        mnistlab.train(5)
+    with pytest.raises(ConfigError, match="not an mnistlab Callback"):
+        mnistlab.train("seed-softmax", steps=5, callbacks=[5])
+    with pytest.raises(ConfigError, match="one process"):
+        mnistlab.train("seed-softmax", steps=5, workers=2)
+    with pytest.raises(CheckpointError, match="run folder or a checkpoint"):
+        mnistlab.load(5)
     with pytest.raises(DataError, match="shape"):
         model.predict(np.zeros((3, 4, 5, 6)))
     with pytest.raises(DataError, match="NaN"):

@@ -48,7 +48,7 @@ def cache_dir() -> Path:
 
 
 def test_corrupt_cached_mnist_is_an_error_not_a_fallback(sample_as_mnist: None) -> None:
-    from mnistlab.apps.train_cmd import load_data
+    from mnistlab.session import load_data
 
     folder = copy_sample(cache_dir())
     flip_byte(folder / "train-images-idx3-ubyte.gz")
@@ -87,7 +87,7 @@ def test_cli_exits_non_zero_on_a_corrupt_cache(
 def test_absent_mnist_still_falls_back_to_the_sample(
     sample_as_mnist: None, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from mnistlab.apps.train_cmd import load_data
+    from mnistlab.session import load_data
 
     config = resolve(None, None, ["train.device=cpu"])
     with pytest.raises(DatasetNotFound):

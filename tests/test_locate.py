@@ -228,7 +228,7 @@ def test_cli_data_commands(
 def test_progress_output_without_tty() -> None:
     import io
 
-    from mnistlab.apps.data_cmd import download_progress
+    from mnistlab.io.progress import download_progress
 
     buf = io.StringIO()
     progress = download_progress(buf)
@@ -241,7 +241,7 @@ def test_progress_output_without_tty() -> None:
 def test_download_progress_on_a_terminal_is_the_shared_bar() -> None:
     import io
 
-    from mnistlab.apps.data_cmd import download_progress
+    from mnistlab.io.progress import download_progress
 
     class Terminal(io.StringIO):
         def isatty(self) -> bool:

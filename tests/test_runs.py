@@ -17,12 +17,14 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from mnistlab.apps import run_folder, train_cmd
 from mnistlab.apps.cli import main
 from mnistlab.config import resolve
 from mnistlab.errors import ConfigError, ParallelError
 from mnistlab.io.checkpoint import load_checkpoint, save_checkpoint, step_checkpoints
 from mnistlab.parallel import launch
+from mnistlab.session import assemble
+from mnistlab.session import data as session_data
+from mnistlab.session import folder as run_folder
 
 FAST = ["--quiet", "--no-tensorboard", "--set", "train.threads=1"]
 
@@ -121,22 +123,78 @@ def test_a_live_run_locks_its_folder_and_a_dead_ones_lock_does_not(tmp_path, cap
 
 
 def test_the_main_process_holds_the_lock_while_it_trains(tmp_path, monkeypatch):
-    from mnistlab.apps import train_cmd as tc
-
     run = tmp_path / "run"
     seen: list[str] = []
-    real = tc.prepare_run_dir
+    real = assemble.write_settings
 
-    def probe(path, config, is_main):
+    def probe(path, config):
         with pytest.raises(ConfigError, match="still running"):
             run_folder.check_free(path, resuming=True, overwrite=True)
         seen.append("locked")
-        return real(path, config, is_main)
+        return real(path, config)
 
-    monkeypatch.setattr(tc, "prepare_run_dir", probe)
+    monkeypatch.setattr(assemble, "write_settings", probe)
     assert main(train_args(run)) == 0
     assert seen == ["locked"]
     run_folder.check_free(run, resuming=True, overwrite=False)  # released at the end
+
+
+def test_resume_into_a_folder_holding_another_run_is_refused(tmp_path, capsys):
+    """``--resume A/checkpoints/step-N.pt --run-dir B``: B may be A itself or hold no run; a B
+    holding a different run is refused and keeps every file as it was."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    assert main(train_args(a)) == 0
+    assert main(train_args(b, "--set", "train.seed=2")) == 0
+    files = {p: p.read_bytes() for p in sorted(b.rglob("*")) if p.is_file()}
+    step = a / "checkpoints" / "step-000010.pt"
+    capsys.readouterr()
+    extend = ["--set", "train.steps=30"]
+    code = main(["train", *FAST, "--resume", str(step), "--run-dir", str(b), *extend])
+    assert code == ConfigError.exit_code
+    err = capsys.readouterr().err
+    assert len(error_lines(err)) == 1 and "holds a different run" in err and str(a) in err
+    assert {p: p.read_bytes() for p in sorted(b.rglob("*")) if p.is_file()} == files
+    # its own folder, or an empty one (a copy that goes on elsewhere), are fine
+    copy = tmp_path / "copy"
+    assert main(["train", *FAST, "--resume", str(step), "--run-dir", str(copy), *extend]) == 0
+    assert [s for s, _ in step_checkpoints(copy / "checkpoints")] == [20, 30]
+    assert main(["train", *FAST, "--resume", str(step), "--run-dir", str(a), *extend]) == 0
+
+
+def test_a_failed_start_leaves_no_trace(tmp_path, monkeypatch, capsys):
+    """A start that fails before the run wrote anything (here: no such dataset files) leaves no
+    folder holding only a lock file, in a default folder or a named one."""
+    monkeypatch.chdir(tmp_path)
+    missing = ["--dataset", "mnist", "--data-dir", str(tmp_path / "nowhere")]
+    assert main(["train", *FAST, *missing]) != 0
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep")
+    assert main(["train", *FAST, *missing, "--run-dir", str(mine)]) != 0
+    assert sorted(p.name for p in mine.iterdir()) == ["notes.txt"]
+
+
+def test_print_config_prints_the_merged_settings_and_runs_nothing(tmp_path, capsys):
+    from mnistlab.config import from_dict
+
+    try:
+        import tomllib
+    except ImportError:  # Python 3.10
+        import tomli as tomllib
+    monkey = ["--preset", "lenet", "--set", "optim.lr=0.2", "--device", "cpu"]
+    assert main(["train", *monkey, "--print-config", "--run-dir", str(tmp_path / "r")]) == 0
+    text = capsys.readouterr().out
+    config = from_dict(tomllib.loads(text))
+    assert config.preset == "lenet" and config.optim.lr == 0.2 and config.train.device == "cpu"
+    assert not (tmp_path / "r").exists()
+    run = tmp_path / "run"
+    assert main(train_args(run)) == 0
+    capsys.readouterr()
+    assert main(["train", "--resume", str(run), "--set", "train.steps=50", "--print-config"]) == 0
+    resumed = from_dict(tomllib.loads(capsys.readouterr().out))
+    assert resumed.preset == "seed-softmax" and resumed.train.steps == 50
+    assert [s for s, _ in step_checkpoints(run / "checkpoints")] == [10, 20]
 
 
 def test_default_run_folders_never_collide(tmp_path):
@@ -325,18 +383,18 @@ def test_the_sample_fallback_trains_the_presets_epochs(tmp_path, capsys):
 
 def test_scaling_keeps_what_the_person_set():
     config = resolve("seed-mlp", None, ["train.eval_every=100"])
-    scaled, said = train_cmd._fit_to_sample(config, 3500, 55_000)
+    scaled, said = session_data.fit_to_sample(config, 3500, 55_000)
     assert scaled.train.steps == 1909  # 30,000 x 3,500 / 55,000: 54.5 epochs either way
     assert scaled.checkpoint.every == 64 and scaled.tracking.histogram_every == 64
     assert scaled.train.eval_every == 100 and "54.5 epochs" in said
     config = resolve("seed-mlp", None, ["train.steps=20"])
-    scaled, said = train_cmd._fit_to_sample(config, 3500, 55_000)
+    scaled, said = session_data.fit_to_sample(config, 3500, 55_000)
     assert scaled.train.steps == 20 and scaled.train.eval_every == 32 and "as set" in said
 
 
 def test_a_named_dataset_keeps_the_exact_settings(tmp_path, capsys):
     config = resolve("seed-softmax", None, ["data.dataset=mnist-sample"])
-    kept, _ = train_cmd.load_data(config, quiet=True)
+    kept, _ = session_data.load_data(config, quiet=True)
     assert kept.train.steps == 1000 and kept.train.eval_every == 100
     assert "bundled" not in capsys.readouterr().err
 

@@ -53,11 +53,22 @@ def test_seed_lists(spec, seeds):
         ("a", "not a seed"),
         ("1,,2", "not a seed"),
         ("-3", "0 or more"),
+        ("", "empty"),
+        ("  ", "empty"),
+        ("1-10000000000000", "more than 1000"),  # refused before the range is built
+        ("1-600,700-1200", "more than 1000"),
     ],
 )
 def test_bad_seed_lists_are_refused(spec, words):
     with pytest.raises(ConfigError, match=words):
         parse_seeds(spec)
+
+
+def test_an_empty_seed_list_on_the_command_line_trains_nothing(tmp_path, capsys):
+    code = main(["train", *TINY, "--seeds", "", "--run-dir", str(tmp_path / "p")])
+    assert code == ConfigError.exit_code
+    assert "--seeds is empty" in capsys.readouterr().err
+    assert not (tmp_path / "p").exists()
 
 
 def test_statistics_match_the_textbook():

@@ -6,6 +6,7 @@ The package is layered (see docs/architecture.md): ``config`` < ``data``, ``mode
 The Python API (``mnistlab.api``, README "Python API")::
 
     result = mnistlab.train("seed-mlp", steps=2000, dataset="mnist-sample")
+    mnistlab.evaluate(result.model)
     model = mnistlab.load("runs/my-run")
 """
 
@@ -17,7 +18,7 @@ from typing import Any
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__", "load", "train"]
+__all__ = ["__version__", "evaluate", "load", "train"]
 
 
 class _TrainPackage(types.ModuleType):
@@ -56,3 +57,10 @@ def load(run_or_checkpoint: Any, *, raw_weights: bool = False) -> Any:
     from mnistlab.api import load as _load
 
     return _load(run_or_checkpoint, raw_weights=raw_weights)
+
+
+def evaluate(model: Any, split: str = "test", **options: Any) -> Any:
+    """A model's accuracy, per-class accuracy and confusion matrix (``mnistlab.api.evaluate``)."""
+    from mnistlab.api import evaluate as _evaluate
+
+    return _evaluate(model, split, **options)

@@ -13,11 +13,9 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import TextIO
 
 from mnistlab.data.locate import (
     Located,
-    ProgressCallback,
     VerifyReport,
     candidate_dirs,
     download,
@@ -26,7 +24,7 @@ from mnistlab.data.locate import (
 )
 from mnistlab.data.registry import DATASETS, DatasetSpec, get_dataset
 from mnistlab.errors import DataError
-from mnistlab.io.progress import Progress
+from mnistlab.io.progress import download_progress
 
 
 def add_data_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -155,32 +153,3 @@ def _verify(report: VerifyReport) -> int:
         print(f"  problem: {p}")
     print("all checks passed" if report.ok else f"FAILED: {len(report.problems)} problem(s)")
     return 0 if report.ok else 1
-
-
-def download_progress(stream: TextIO | None = None) -> ProgressCallback:
-    """A progress callback for downloads (``io.progress.Progress``, one bar per file): a live bar
-    on a terminal, one ``downloading FILE (SIZE)`` line per file elsewhere."""
-    out = stream if stream is not None else sys.stderr
-    tty = hasattr(out, "isatty") and out.isatty()
-    bars: dict[str, Progress] = {}
-
-    def progress(filename: str, done: int, total: int | None) -> None:
-        bar = bars.get(filename)
-        if bar is None:
-            if not tty:
-                size = f" ({total / 1e6:.1f} MB)" if total else ""
-                print(f"downloading {filename}{size}", file=out, flush=True)
-            bar = bars[filename] = Progress(
-                total,
-                desc=filename,
-                unit="byte",
-                stream=out,
-                enabled=tty,
-                scale=1e-6,
-                unit_label="MB",
-            )
-        bar.update(done - bar.n)
-        if total is not None and done >= total:
-            bar.close()
-
-    return progress

@@ -87,26 +87,11 @@ def table(result: dict[str, Any], class_names: list[str]) -> str:
 
 
 # The bundled sample is drawn from MNIST itself: a model of one is fairly scored on the other.
-SAME_DATA = {"mnist": "mnist", "mnist-sample": "mnist"}
-
-
-def dataset_mismatch(trained_on: str, evaluated_on: str) -> str | None:
-    """A warning when a model is scored on another dataset than the one it learnt, else None."""
-    if trained_on == "auto":  # an old checkpoint that does not say
-        return None
-    if SAME_DATA.get(trained_on, trained_on) == SAME_DATA.get(evaluated_on, evaluated_on):
-        return None
-    return (
-        f"this model was trained on {trained_on} but is evaluated on {evaluated_on}: their "
-        f"classes differ, so the accuracy below says nothing about the model "
-        f"(use --dataset {trained_on} to score it on its own data)"
-    )
-
-
 def run_eval(args: argparse.Namespace) -> int:
-    from mnistlab.apps.train_cmd import load_data
     from mnistlab.config import set_value
     from mnistlab.io.checkpoint import load_model
+    from mnistlab.session import load_data
+    from mnistlab.session.data import dataset_mismatch
     from mnistlab.train.metrics import summarize
 
     model, ckpt = load_model(args.checkpoint, use_ema=not args.raw_weights)

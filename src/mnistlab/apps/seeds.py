@@ -57,6 +57,8 @@ def t_quantile_975(df: int) -> float:
 def parse_seeds(spec: str) -> list[int]:
     """``"1-5"`` -> [1, 2, 3, 4, 5]; ``"1,3,7"``; ``"1-3,10"``. Repeats and empty parts are
     refused, as is a range written backwards."""
+    if not spec.strip():
+        raise ConfigError("--seeds is empty: give the seeds to train, e.g. 1-5, 1,3,7 or 1-3,10")
     seeds: list[int] = []
     for part in spec.split(","):
         part = part.strip()
@@ -66,6 +68,8 @@ def parse_seeds(spec: str) -> list[int]:
                 lo, hi = int(lo_text), int(hi_text)
                 if hi < lo:
                     raise ConfigError(f"--seeds {spec}: the range {part} runs backwards")
+                if len(seeds) + (hi - lo + 1) > MAX_SEEDS:  # counted before it is built
+                    raise ConfigError(f"--seeds {spec}: more than {MAX_SEEDS} seeds")
                 seeds.extend(range(lo, hi + 1))
             else:
                 seeds.append(int(part))
@@ -198,35 +202,27 @@ def _refuse(args: argparse.Namespace, config: Config) -> None:
 
 def parent_dir(args: argparse.Namespace, config: Config) -> Path:
     """``--run-dir`` is the parent; else ``runs/<date-time>-<preset>-seeds``."""
-    from mnistlab.apps import run_folder
+    from mnistlab.session import folder
 
     if args.run_dir:
         return Path(args.run_dir)
-    return run_folder.new_run_dir(f"{config.preset}-seeds")
+    return folder.new_run_dir(f"{config.preset}-seeds")
 
 
 def run_seeds(args: argparse.Namespace, config: Config) -> int:
     """Train ``config`` once per seed of ``args.seeds``; print the table (and JSON)."""
-    from mnistlab.apps import run_folder
-    from mnistlab.apps.resume import resume_state
-    from mnistlab.apps.train_cmd import (
-        checkpoint_callbacks,
-        load_data,
-        prepare_run_dir,
-        tracking_callbacks,
-    )
-    from mnistlab.io.console import ConsoleCallback
-    from mnistlab.train import TrainingInterrupted, train
+    from mnistlab.apps.train_cmd import tensorboard_events
+    from mnistlab.session import RunRequest, folder, load_data, run_training
+    from mnistlab.train import TrainingInterrupted
 
     seeds = parse_seeds(args.seeds)
     _refuse(args, config)
-    config = resume_state(args, config).config  # --checkpoint-every / --keep (no resume here)
     for seed in seeds:  # every seed checked before the first one trains
         validate(set_value(config, "train.seed", seed))
     parent = parent_dir(args, config)
     folders = {seed: parent / f"seed-{seed}" for seed in seeds}
-    for folder in folders.values():
-        run_folder.check_free(folder, resuming=False, overwrite=args.overwrite)
+    for path in folders.values():
+        folder.check_free(path, overwrite=args.overwrite)
     report = SeedReport(config.preset, "?", parent, seeds)
     exit_code = 0
     failure: MnistlabError | None = None
@@ -237,15 +233,17 @@ def run_seeds(args: argparse.Namespace, config: Config) -> int:
         report.dataset = data.name
         for i, seed in enumerate(seeds):
             seeded = set_value(config, "train.seed", seed)
-            folder = folders[seed]
-            print(f"mnistlab: seed {seed} ({i + 1} of {len(seeds)}) in {folder}", file=sys.stderr)
-            with run_folder.claim(folder, resuming=False, overwrite=args.overwrite):
-                prepare_run_dir(folder, seeded, True)
-                callbacks = [ConsoleCallback(quiet=args.quiet)]
-                callbacks += checkpoint_callbacks(args, seeded, folder)
-                callbacks += tracking_callbacks(args, seeded, folder)
-                result = train(seeded, data, callbacks=callbacks)
-            report.runs.append({"seed": seed, **result.summary(), "run_dir": str(folder)})
+            path = folders[seed]
+            print(f"mnistlab: seed {seed} ({i + 1} of {len(seeds)}) in {path}", file=sys.stderr)
+            request = RunRequest(
+                seeded,
+                path,
+                overwrite=args.overwrite,
+                quiet=args.quiet,
+                tensorboard=tensorboard_events(args),
+            )
+            result = run_training(request, data=data).result
+            report.runs.append({"seed": seed, **result.summary(), "run_dir": str(path)})
     except TrainingInterrupted as exc:
         report.stopped, exit_code = str(exc), exc.exit_code
     except KeyboardInterrupt:  # a second Ctrl-C, or one between seeds

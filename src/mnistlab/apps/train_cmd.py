@@ -1,4 +1,9 @@
-"""``mnistlab train``: resolve the settings, find the data, run the one training loop."""
+"""``mnistlab train``: turn the flags into settings, then hand the run to ``session``.
+
+The flags become one validated ``Config`` here (``config_from_args``); finding the data, claiming
+the run folder, the callbacks and the training itself are ``session.run_training``'s, the same
+for this command, ``--seeds`` (``apps/seeds.py``) and ``mnistlab.train``.
+"""
 
 from __future__ import annotations
 
@@ -10,11 +15,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from mnistlab.apps.flags import flag_settings
-from mnistlab.apps.resume import resume_state
+from mnistlab.apps.flags import flag_settings, override_keys
 from mnistlab.config import PRESETS, Config, all_keys, resolve, set_value, to_toml
 from mnistlab.config.schema import PARALLEL_MODES, SCHEDULES
 from mnistlab.errors import ConfigError
+from mnistlab.session import Resumed, resume_state
+from mnistlab.session.resume import explicit_settings
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -55,6 +61,12 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         help="print the final figures as one JSON object on the last line",
     )
     p.add_argument("--quiet", action="store_true", help="no progress bar or per-evaluation lines")
+    p.add_argument(
+        "--print-config",
+        action="store_true",
+        help="print the merged settings (preset, --config, --set, flags; a --resume's "
+        "checkpoint) as TOML and stop: nothing is trained or written",
+    )
     p.add_argument(
         "--run-dir",
         metavar="DIR",
@@ -109,13 +121,6 @@ def add_checkpoint_args(p: argparse.ArgumentParser) -> None:
     )
 
 
-def checkpoint_callbacks(args: argparse.Namespace, config: Config, run_dir: Path) -> list[Any]:
-    from mnistlab.io.checkpoint import CheckpointCallback
-
-    c = config.checkpoint
-    return [CheckpointCallback(run_dir, every=c.every, keep=c.keep)]
-
-
 # -- tracking (io.tracking) --------------------------------------------------------------------------
 def add_tracking_args(p: argparse.ArgumentParser) -> None:
     """Flags for TensorBoard and metrics files."""
@@ -138,20 +143,21 @@ def add_tracking_args(p: argparse.ArgumentParser) -> None:
     )
 
 
-def tracking_callbacks(args: argparse.Namespace, config: Config, run_dir: Path) -> list[Any]:
-    """TensorBoard events and metrics.jsonl in ``run_dir``; with --tensorboard, a live server."""
-    from mnistlab.io.tracking import TrackingCallback
+def board_callbacks(args: argparse.Namespace, run_dir: Path) -> list[Any]:
+    """With --tensorboard, a live TensorBoard server on the run folder."""
+    if not getattr(args, "tensorboard", False):
+        return []
+    from mnistlab.apps.board_cmd import BoardCallback
 
+    return [BoardCallback(run_dir, port=args.tensorboard_port)]
+
+
+def tensorboard_events(args: argparse.Namespace) -> bool | None:
+    """Whether to write TensorBoard events: ``None`` follows ``tracking.tensorboard``."""
     no_events = getattr(args, "no_tensorboard", False)
     if no_events and getattr(args, "tensorboard", False):
         raise ConfigError("--tensorboard and --no-tensorboard contradict each other: pick one")
-    events = False if no_events else (True if getattr(args, "tensorboard", False) else None)
-    callbacks: list[Any] = [TrackingCallback(run_dir, tensorboard=events)]
-    if getattr(args, "tensorboard", False):
-        from mnistlab.apps.board_cmd import BoardCallback
-
-        callbacks.append(BoardCallback(run_dir, port=args.tensorboard_port))
-    return callbacks
+    return False if no_events else (True if getattr(args, "tensorboard", False) else None)
 
 
 # -- parallel modes (parallel) -----------------------------------------------------------------------
@@ -200,19 +206,6 @@ def _check_parallel(config: Config) -> None:
         )
 
 
-def prepare_run_dir(path: Path, config: Config, is_main: bool) -> Path:
-    """Create the run folder and save the resolved settings in it as ``config.toml``."""
-    if is_main:
-        try:
-            path.mkdir(parents=True, exist_ok=True)
-            (path / "config.toml").write_text(to_toml(config), encoding="utf-8")
-        except OSError as exc:
-            raise ConfigError(
-                f"cannot write the run folder {path}: {exc.strerror or exc}"
-            ) from None
-    return path
-
-
 def config_from_args(args: argparse.Namespace) -> Config:
     """Preset, --config, --set, then the flags that are settings (``apps.flags``), validated once."""
     config = resolve(args.preset, args.config, list(args.overrides), flag_settings(args))
@@ -222,130 +215,62 @@ def config_from_args(args: argparse.Namespace) -> Config:
     return config
 
 
-# Settings that count steps: on the sample fallback they are scaled to its size (_fit_to_sample).
-STEP_SETTINGS = (
-    "train.steps",
-    "train.eval_every",
-    "train.log_every",
-    "checkpoint.every",
-    "tracking.histogram_every",
-)
-
-
-def _fit_to_sample(config: Config, num_train: int, full_train: int) -> tuple[Config, str]:
-    """The preset's run measured in epochs of full MNIST, as steps on ``num_train`` digits.
-
-    Only settings still at the preset's value are scaled (a step count the person chose stays);
-    the learning-rate decay follows by itself (``decay_steps`` = digits / batch size)."""
-    from mnistlab.config import flat_dict
-
-    preset = flat_dict(PRESETS[config.preset]())
-    ours = flat_dict(config)
-    ratio = num_train / full_train
-    for key in STEP_SETTINGS:
-        value = ours[key]
-        if value == preset.get(key) and value > 0:
-            config = set_value(config, key, max(1, round(value * ratio)))
-    t = config.train
-    epochs = t.steps * t.batch_size / num_train
-    if ours["train.steps"] != preset.get("train.steps"):
-        return config, f"{t.steps:,} steps as set"
-    return config, (
-        f"{t.steps:,} steps: the {epochs:.1f} epochs that {config.preset}'s "
-        f"{ours['train.steps']:,} steps are on full MNIST"
+def resume_from_args(args: argparse.Namespace, config: Config) -> Resumed:
+    """``--resume``'s checkpoint and settings (``config`` unchanged for a new run)."""
+    return resume_state(
+        config,
+        args.resume,
+        explicit=explicit_settings(override_keys(args), config),
+        preset=args.preset,
+        run_dir=Path(args.run_dir) if args.run_dir else None,
+        config_file=bool(args.config),
     )
 
 
-def load_data(config: Config, *, quiet: bool = False) -> tuple[Config, Any]:
-    """Load the configured dataset. With ``dataset = auto``, full MNIST when it can be found or
-    downloaded, else the bundled sample for as many epochs as the preset means on full MNIST,
-    said in one highlighted line."""
-    from mnistlab.apps.data_cmd import download_progress
-    from mnistlab.data import load_splits
-    from mnistlab.data.locate import DatasetNotFound
-    from mnistlab.data.registry import get_dataset
-    from mnistlab.parallel.device import resolve_device
-
-    d = config.data
-    device = resolve_device(config.train.device)
-    progress = None if quiet else download_progress()
-    if d.dataset != "auto":
-        return config, load_splits(
-            d.dataset,
-            d.data_dir,
-            validation_size=d.validation_size,
-            download=d.download,
-            device=device,
-            progress=progress,
-        )
-    try:
-        data = load_splits(
-            "mnist",
-            d.data_dir,
-            validation_size=d.validation_size,
-            download=d.download,
-            device=device,
-            progress=progress,
-        )
-    except DatasetNotFound:  # absent; a corrupt or mislabelled copy is an error, never swapped
-        if d.data_dir:
-            raise
-        data = load_splits("mnist-sample", validation_size=d.validation_size, device=device)
-        held_out = d.validation_size
-        if held_out is None:
-            held_out = get_dataset("mnist").validation_size
-        config, how_long = _fit_to_sample(config, len(data.train), MNIST_TRAIN - held_out)
-        why = "could not be downloaded" if d.download else "downloads are off"
-        highlight = "\033[1;33m" if sys.stderr.isatty() else ""
-        reset = "\033[0m" if highlight else ""
-        print(
-            f"{highlight}mnistlab: full MNIST is not on this machine and {why}: training on "
-            f"the bundled mnist-sample ({len(data.train):,} train / {len(data.validation):,} "
-            f"validation / {len(data.test):,} test digits) for {how_long}. For full MNIST: "
-            "`mnistlab data download mnist`, or --data-dir DIR with its four files "
-            f"(`mnistlab train --dataset mnist` shows where it looked).{reset}",
-            file=sys.stderr,
-        )
-    return set_value(config, "data.dataset", data.name), data
-
-
-MNIST_TRAIN = 60_000  # full MNIST's training file, validation split included
-
-
 def run_train(args: argparse.Namespace) -> int:
-    from mnistlab.apps import run_folder
     from mnistlab.parallel.launch import check_group, launch, wants_launch
+    from mnistlab.session import folder
 
     if args.overwrite and args.resume:
         raise ConfigError("--overwrite starts the run afresh and --resume continues it: pick one")
-    if getattr(args, "seeds", None):  # one run per seed, then statistics (apps/seeds.py)
+    if (
+        getattr(args, "seeds", None) is not None
+    ):  # one run per seed, then statistics (apps/seeds.py)
         from mnistlab.apps.seeds import run_seeds
 
+        if args.print_config:
+            print(to_toml(config_from_args(args)), end="")
+            return 0
         return run_seeds(args, config_from_args(args))
-    resumed = resume_state(args, config_from_args(args))
+    tensorboard_events(args)  # contradicting flags are refused before anything starts
+    resumed = resume_from_args(args, config_from_args(args))
     config = resumed.config
     _check_parallel(config)
+    if args.print_config:
+        print(to_toml(config), end="")
+        return 0
     run_dir = Path(args.run_dir) if args.run_dir else resumed.run_dir
-    # Asking to resume is leave to use the folder, even when --resume auto found nothing to go on
-    # from (a run stopped before its first checkpoint, restarted by torchrun --max-restarts).
-    resuming = bool(args.resume)
     if wants_launch(config.parallel.mode):  # start the workers, each re-running this command
         extra = check_group(config, config.parallel.workers)
         if run_dir is None:  # one name for every worker, chosen once
-            run_dir = run_folder.new_run_dir(config.preset)
+            run_dir = folder.new_run_dir(config.preset)
             extra += ["--run-dir", str(run_dir)]
-        run_folder.check_free(run_dir, resuming=resuming, overwrite=args.overwrite)
+        folder.check_free(
+            run_dir,
+            resuming=resumed.asked,
+            overwrite=args.overwrite,
+            resumed_from=resumed.run_dir,
+        )
         return launch([*sys.argv[1:], *extra], config.parallel.workers, config.parallel.mode)
     with _recorded_for_launcher():
         return _train_here(args, resumed, run_dir)
 
 
-def _train_here(args: argparse.Namespace, resumed: Any, run_dir: Path | None) -> int:
+def _train_here(args: argparse.Namespace, resumed: Resumed, run_dir: Path | None) -> int:
     """Train in this process: alone, or as one worker of a group."""
-    from mnistlab.apps import run_folder
-    from mnistlab.io.console import ConsoleCallback, summary_table
+    from mnistlab.io.console import summary_table
     from mnistlab.parallel import make_parallel_strategy
-    from mnistlab.train import train
+    from mnistlab.session import RunRequest, folder, run_training
 
     config = resumed.config
     strategy = make_parallel_strategy(config)  # None: one process
@@ -355,31 +280,25 @@ def _train_here(args: argparse.Namespace, resumed: Any, run_dir: Path | None) ->
     if is_main:
         for note in resumed.notes:
             print(f"mnistlab: {note}", file=sys.stderr)
-    run_dir = run_dir or run_folder.new_run_dir(config.preset)
-    resuming = bool(args.resume)
-    claim = (
-        run_folder.claim(run_dir, resuming=resuming, overwrite=args.overwrite)
-        if is_main
-        else contextlib.nullcontext()
+    run_dir = run_dir or folder.new_run_dir(config.preset)
+    request = RunRequest(
+        config,
+        run_dir,
+        resumed=resumed,
+        overwrite=args.overwrite,
+        quiet=args.quiet,
+        tensorboard=tensorboard_events(args),
+        callbacks=board_callbacks(args, run_dir),
     )
-    with claim:
-        config, data = load_data(config, quiet=args.quiet or not is_main)
-        prepare_run_dir(run_dir, config, is_main)
-        if strategy is not None:  # async workers each run a share of the updates
-            config = strategy.worker_config(config, len(data.train))
-        callbacks = [ConsoleCallback(quiet=args.quiet)]
-        callbacks += checkpoint_callbacks(args, config, run_dir)
-        callbacks += tracking_callbacks(args, config, run_dir)
-        result = train(
-            config, data, strategy=strategy, callbacks=callbacks, resume_state=resumed.state
-        )
+    finished = run_training(request, strategy=strategy)
     if strategy is not None:
         strategy.close()
     if not is_main:
         return 0
-    summary = result.summary() | {"run_dir": str(run_dir)}
+    summary = finished.result.summary() | {"run_dir": str(run_dir)}
     if not args.quiet:
-        print(summary_table(summary, title=f"mnistlab {config.preset} on {data.name}"))
+        title = f"mnistlab {finished.config.preset} on {finished.data.name}"
+        print(summary_table(summary, title=title))
     if args.json:
         print(json.dumps(summary))
     return 0

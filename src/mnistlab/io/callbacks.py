@@ -3,13 +3,16 @@
 Defined here, below ``train``, so that checkpointing, tracking and console output (all in ``io``)
 can implement them without importing the loop.
 
-The contract (docs/architecture.md, "How the loop, engines and callbacks meet"): the loop performs every operation that
-involves more than one rank — evaluations, the predictions a callback wants to draw, the new-best
-decision, the stop flag, consolidating the state for a checkpoint — on every rank, at the same
-boundaries, and hands the finished results to the callbacks. A callback only writes, and only on
-the main rank: it never calls the strategy. What extra results a callback wants it says once, in
-``wants()``, which must answer alike on every rank (it may read ``run.config``, nothing
-rank-specific).
+The contract (docs/architecture.md, "How the loop, engines and callbacks meet"): the loop performs
+every operation that involves more than one rank — evaluations, the predictions a callback wants to
+draw, the new-best decision, the stop flag, consolidating the state for a checkpoint — on every
+rank, at the same boundaries, and hands the finished results to the callbacks.
+
+Which rank gets which hook — one rule: ``wants()`` is asked on every rank (the loop must know on
+every rank which collectives to run, so it must answer alike: it may read ``run.config``, nothing
+rank-specific); every other hook runs on the main rank only (``run.is_main``; under pipeline
+parallelism the rank that holds the loss), after the collectives it needs are done. So a callback
+only writes and never calls the strategy, and in one process it sees every hook.
 
 Hooks run at *boundaries* only (every ``train.log_every`` steps, every evaluation, every
 checkpoint, the end): between two boundaries the steps run without the host in the way, on CUDA
@@ -130,7 +133,6 @@ class RunView(Protocol):
     validation_accuracy: float | None
     best_validation_accuracy: float | None
     best_step: int | None
-    resume_hint: str
 
     @property
     def is_main(self) -> bool: ...
@@ -152,7 +154,8 @@ class ResultView(Protocol):
 
 
 class Callback:
-    """Base class: every hook does nothing. Hooks run on every rank; write when ``run.is_main``."""
+    """Base class: every hook does nothing. ``wants`` is asked on every rank; the hooks run on
+    the main rank only (see the module docstring)."""
 
     def wants(self, run: RunView) -> Wants:
         return Wants()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -16,6 +17,9 @@ from mnistlab.atomic import atomic_write
 from mnistlab.config.schema import INPUT_SHAPE
 from mnistlab.errors import TrackingError
 from mnistlab.io.digits import digit_grid
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 
 def worst_mistakes(probs: torch.Tensor, labels: torch.Tensor, count: int = 16) -> list[int]:
@@ -39,10 +43,30 @@ def plot_evaluation(
     image_shape: tuple[int, int, int] = INPUT_SHAPE,
 ) -> Path:
     """Confusion matrix (left) and a grid of the ``count`` worst mistakes (right) as a PNG."""
-    from matplotlib.figure import Figure
+    fig = evaluation_figure(
+        confusion, images, labels, probs, class_names, title, count, image_shape
+    )
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    return atomic_write(path, buffer.getvalue(), what="evaluation plot", error=TrackingError)
+
+
+def evaluation_figure(
+    confusion: Sequence[Sequence[int]],
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    probs: torch.Tensor,
+    class_names: Sequence[str],
+    title: str = "",
+    count: int = 16,
+    image_shape: tuple[int, int, int] = INPUT_SHAPE,
+) -> Figure:
+    """Confusion matrix (left) and a grid of the ``count`` worst mistakes (right), as a figure
+    a notebook shows inline (``io.figures``)."""
+    from mnistlab.io.figures import new_figure
 
     n = len(class_names)
-    fig = Figure(figsize=(13, 6), dpi=100)
+    fig = new_figure(figsize=(13, 6), dpi=100)
     grid = fig.add_gridspec(4, 8, width_ratios=[1.2] * 4 + [1] * 4)
     ax = fig.add_subplot(grid[:, :4])
     cm = torch.tensor(confusion, dtype=torch.float64)
@@ -79,6 +103,4 @@ def plot_evaluation(
         cell.imshow(picture, cmap="gray", vmin=0, vmax=255, interpolation="nearest")
     fig.suptitle(title or "evaluation")
     fig.text(0.78, 0.01, "worst mistakes: true -> predicted (confidence)", ha="center", fontsize=8)
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png")
-    return atomic_write(path, buffer.getvalue(), what="evaluation plot", error=TrackingError)
+    return fig

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Callable
 from typing import TextIO
 
 
@@ -110,3 +111,34 @@ class Progress:
         elif not self.tty and self.n > self.start_n:
             self.stream.write(self.line() + "\n")
         self.stream.flush()
+
+
+def download_progress(
+    stream: TextIO | None = None,
+) -> Callable[[str, int, int | None], None]:
+    """A progress callback for downloads (``io.progress.Progress``, one bar per file): a live bar
+    on a terminal, one ``downloading FILE (SIZE)`` line per file elsewhere."""
+    out = stream if stream is not None else sys.stderr
+    tty = hasattr(out, "isatty") and out.isatty()
+    bars: dict[str, Progress] = {}
+
+    def progress(filename: str, done: int, total: int | None) -> None:
+        bar = bars.get(filename)
+        if bar is None:
+            if not tty:
+                size = f" ({total / 1e6:.1f} MB)" if total else ""
+                print(f"downloading {filename}{size}", file=out, flush=True)
+            bar = bars[filename] = Progress(
+                total,
+                desc=filename,
+                unit="byte",
+                stream=out,
+                enabled=tty,
+                scale=1e-6,
+                unit_label="MB",
+            )
+        bar.update(done - bar.n)
+        if total is not None and done >= total:
+            bar.close()
+
+    return progress

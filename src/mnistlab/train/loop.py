@@ -49,9 +49,15 @@ class TrainingInterrupted(TrainingError):
     def __init__(self, step: int, message: str, *, signum: int | None = None):
         super().__init__(message)
         self.step = step
+        self.signum = signum
         # The shell's convention: 128 + the signal's number (130 for Ctrl-C, 143 for SIGTERM).
         if signum is not None:
             self.exit_code = 128 + int(signum)
+
+    def with_hint(self, hint: str) -> TrainingInterrupted:
+        """The same stop, its message followed by ``hint`` (where the state went, how to go on:
+        the code that assembled the run knows both)."""
+        return TrainingInterrupted(self.step, f"{self}; {hint}", signum=self.signum)
 
 
 def due(step: int, every: int, total: int) -> bool:
@@ -110,7 +116,7 @@ def train(
     except TrainingInterrupted:
         raise
     except BaseException as exc:
-        for cb in run.callbacks:
+        for cb in run.hooks:
             cb.on_failure(run, exc)
         raise
     return loop.finish(started, train_seconds)
@@ -139,7 +145,7 @@ class _Loop:
         window: list[torch.Tensor] = []
         window_start = run.step
         strategy.train_mode(True)
-        for cb in run.callbacks:
+        for cb in run.hooks:
             cb.on_start(run)
         begun = time.perf_counter()
         start_step = run.step
@@ -150,7 +156,7 @@ class _Loop:
             self.engine.run(run, n, losses)
             window.append(losses[:n].clone())
             run.step = end
-            for cb in run.callbacks:
+            for cb in run.hooks:
                 cb.on_boundary(run, n)
             if due(run.step, t.log_every, t.steps):
                 self._log(torch.cat(window), window_start)
@@ -191,7 +197,7 @@ class _Loop:
             ema_decay=run.ema.current_decay if run.ema else None,
             train_accuracy=accuracy,
         )
-        for cb in run.callbacks:
+        for cb in run.hooks:
             cb.on_log(run, record)
 
     def _batch_accuracy(self) -> float | None:
@@ -246,7 +252,7 @@ class _Loop:
             )
         new_best = bool(run.strategy.broadcast_object(new_best))
         if record is not None:
-            for cb in run.callbacks:
+            for cb in run.hooks:
                 cb.on_eval(run, record)
         return new_best
 
@@ -257,7 +263,7 @@ class _Loop:
             self.last_checkpoint_step = run.step
         if not run.is_main:
             return
-        for cb in run.callbacks:
+        for cb in run.hooks:
             if cb.wants(run).checkpoints:
                 cb.on_checkpoint(run, state, periodic=periodic, best=best)
 
@@ -265,13 +271,10 @@ class _Loop:
         run, t = self.run_, self.run_.config.train
         if self.wants.checkpoints and self.last_checkpoint_step != run.step:
             self._checkpoint(periodic=True, best=False)
-        for cb in run.callbacks:
+        for cb in run.hooks:
             cb.on_interrupt(run)
-        hint = f"; {run.resume_hint}" if run.resume_hint else ""
         raise TrainingInterrupted(
-            run.step,
-            f"training stopped at step {run.step} of {t.steps}{hint}",
-            signum=run.stop_signal,
+            run.step, f"training stopped at step {run.step} of {t.steps}", signum=run.stop_signal
         )
 
     # -- the end ---------------------------------------------------------------------------------
@@ -295,7 +298,7 @@ class _Loop:
             engine=self.engine.name,
             engine_note=self.fallback_reason,
         )
-        for cb in run.callbacks:
+        for cb in run.hooks:
             cb.on_end(run, result)
         return result
 

@@ -86,12 +86,16 @@ class Run:
     best_step: int | None = None
     stop_requested: bool = False
     stop_signal: int | None = None
-    resume_hint: str = ""
-    """Set by the checkpoint callback on interrupt: where the state went and how to go on."""
 
     @property
     def is_main(self) -> bool:
         return self.strategy.is_main
+
+    @property
+    def hooks(self) -> list[Callback]:
+        """The callbacks whose hooks run here: all of them on the main rank, none elsewhere
+        (``io/callbacks.py``: ``wants`` is asked on every rank, every hook runs on the main one)."""
+        return self.callbacks if self.is_main else []
 
     @property
     def uses_ema(self) -> bool:
@@ -246,7 +250,11 @@ def build_run(
     callbacks: Sequence[Callback] = (),
 ) -> Run:
     """Model, optimizer, moving average and data order for ``config``, placed by ``strategy``;
-    the data moves to the training device here, whatever device it was loaded on."""
+    the data moves to the training device here, whatever device it was loaded on. A strategy's
+    share of the run (``Strategy.worker_config``: async workers each run part of the updates) is
+    applied here, so ``Run.config`` is what this process trains and callers never apply it."""
+    if strategy is not None:
+        config = strategy.worker_config(config, len(data.train))
     t = config.train
     threads = min(t.threads, cpu_threads()) if t.threads else auto_threads()
     if torch.get_num_threads() != threads:

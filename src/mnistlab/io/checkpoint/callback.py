@@ -9,6 +9,7 @@ from typing import Any
 
 import torch
 
+from mnistlab.config.schema import CheckpointConfig
 from mnistlab.io.callbacks import Callback, RunView, Wants
 from mnistlab.io.checkpoint.fileformat import (
     BEST_NAME,
@@ -33,20 +34,34 @@ class CheckpointCallback(Callback):
     """
 
     def __init__(
-        self, run_dir: str | Path, *, every: int = 1000, keep: int = 3, stream: Any = None
+        self,
+        run_dir: str | Path,
+        *,
+        every: int | None = None,
+        keep: int | None = None,
+        stream: Any = None,
     ):
+        """``every`` and ``keep`` default to the run's ``checkpoint.every`` and
+        ``checkpoint.keep``, read from the config the run trains with (a worker's share of it
+        under ``--parallel async``)."""
         self.run_dir = Path(run_dir)
         self.folder = self.run_dir / CHECKPOINT_DIR
         self.every = every
         self.keep = keep
         self.stream = stream
         self.last_saved: Path | None = None
+        """The newest step checkpoint this callback wrote (``None`` when the last save was
+        refused): where the state of a stopped run went."""
 
     def _say(self, run: RunView, text: str) -> None:
         if run.is_main:
             print(f"mnistlab: {text}", file=self.stream or sys.stderr, flush=True)
 
     def wants(self, run: RunView) -> Wants:
+        if self.every is None:
+            self.every = run.config.checkpoint.every
+        if self.keep is None:
+            self.keep = run.config.checkpoint.keep
         return Wants(checkpoints=True, checkpoint_every=self.every)
 
     def on_start(self, run: RunView) -> None:
@@ -59,13 +74,6 @@ class CheckpointCallback(Callback):
         self, run: RunView, state: dict[str, Any], *, periodic: bool, best: bool
     ) -> None:
         self.save(run, state, periodic=periodic, best=best)
-
-    def on_interrupt(self, run: RunView) -> None:
-        if self.last_saved is not None and run.is_main:
-            run.resume_hint = (
-                f"checkpoint {self.last_saved}; continue with: mnistlab train --resume "
-                f"{self.run_dir}"
-            )
 
     def on_failure(self, run: RunView, error: BaseException) -> None:
         """Nothing to write: the checkpoints on disk are from before the failure and stay."""
@@ -100,6 +108,7 @@ class CheckpointCallback(Callback):
 
     def _prune(self) -> None:
         """Keep the ``keep`` newest step files; ``best.pt`` is its own file and always stays."""
-        for _, old in step_checkpoints(self.folder)[: -self.keep]:
+        keep = self.keep if self.keep is not None else CheckpointConfig.keep
+        for _, old in step_checkpoints(self.folder)[:-keep]:
             with contextlib.suppress(OSError):
                 old.unlink()

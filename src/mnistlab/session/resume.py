@@ -1,19 +1,18 @@
-"""``mnistlab train --resume``: find the checkpoint to continue and the settings to continue with.
+"""Resume: find the checkpoint to continue and the settings to continue with.
 
-The checkpoint's own settings win, so ``--resume DIR`` needs no other flag (a parallel run's mode
-and worker count included: ``mnistlab train --resume RUN`` starts the workers again); what a
-command line sets applies on top only where it cannot change what is computed (``RESUME_SAFE``).
-A damaged newest checkpoint of a run folder is skipped for the previous good one, saying so.
+``mnistlab train --resume`` and ``mnistlab.train(resume=...)`` both come here. The checkpoint's
+own settings win, so ``--resume DIR`` needs no other flag (a parallel run's mode and worker count
+included: ``mnistlab train --resume RUN`` starts the workers again); what the caller sets itself
+applies on top only where it cannot change what is computed (``RESUME_SAFE``). A damaged newest
+checkpoint of a run folder is skipped for the previous good one, saying so.
 """
 
 from __future__ import annotations
 
-import argparse
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from mnistlab.apps.flags import override_keys
 from mnistlab.config import Config, set_value, validate
 from mnistlab.errors import CheckpointError, ConfigError
 
@@ -35,12 +34,12 @@ RESUME_SAFE = (
 )
 
 
-def _explicit_settings(args: argparse.Namespace, config: Config) -> dict[str, Any]:
-    """``{key: value}`` for what this command line sets itself (values as resolved in ``config``)."""
+def explicit_settings(keys: list[str], config: Config) -> dict[str, Any]:
+    """``{key: value}`` for the settings a caller set itself (``keys``), as resolved in ``config``."""
     from mnistlab.config import flat_dict
 
     flat = flat_dict(config)
-    return {key: flat[key] for key in override_keys(args) if key in flat}
+    return {key: flat[key] for key in keys if key in flat}
 
 
 @dataclass(frozen=True)
@@ -53,6 +52,10 @@ class Resumed:
     state: dict[str, Any] | None = None
     run_dir: Path | None = None
     notes: list[str] = field(default_factory=list)
+    asked: bool = False
+    """A resume was asked for, even if ``auto`` found nothing to go on from: leave to use a
+    folder that holds the run's earlier files (a run stopped before its first checkpoint and
+    restarted, say by ``torchrun --max-restarts``)."""
 
 
 def _is_safe(key: str) -> bool:
@@ -95,15 +98,13 @@ def _latest_good(run: Path, notes: list[str]) -> Checkpoint | None:
     return None
 
 
-def _auto_checkpoint(
-    args: argparse.Namespace, config: Config, notes: list[str]
-) -> Checkpoint | None:
-    """The latest good checkpoint of the newest run with the same settings (``--run-dir`` if
+def _auto_checkpoint(config: Config, run_dir: Path | None, notes: list[str]) -> Checkpoint | None:
+    """The latest good checkpoint of the newest run with the same settings (``run_dir`` if
     given)."""
     from mnistlab.io.checkpoint import checkpoint_folder, read_header, step_checkpoints
 
-    if args.run_dir:
-        return _latest_good(Path(args.run_dir), notes)
+    if run_dir is not None:
+        return _latest_good(run_dir, notes)
     candidates = []
     for run in Path("runs").iterdir() if Path("runs").is_dir() else []:
         found = step_checkpoints(checkpoint_folder(run))
@@ -121,28 +122,38 @@ def _auto_checkpoint(
     return None
 
 
-def resume_state(args: argparse.Namespace, config: Config) -> Resumed:
+def resume_state(
+    config: Config,
+    spec: str | Path | None,
+    *,
+    explicit: dict[str, Any] | None = None,
+    preset: str | None = None,
+    run_dir: Path | None = None,
+    config_file: bool = False,
+) -> Resumed:
     """The state to resume from and the config it was saved with (or ``config`` for a new run).
 
-    The checkpoint's own settings win, so ``--resume DIR`` needs no other flag; settings given on
-    this command line apply on top only where they cannot change the result (``RESUME_SAFE``, e.g.
-    ``--set train.steps=`` to extend a run, or another parallel mode). The run goes on in the
-    folder it came from."""
+    ``spec`` is a run folder, a checkpoint file, ``RUN:best`` or ``auto`` (the newest run with the
+    same settings; in ``run_dir`` if given); ``None`` is a new run. The checkpoint's own settings
+    win; ``explicit`` (the settings the caller set itself, ``{key: value}``) applies on top only
+    where it cannot change the result (``RESUME_SAFE``, e.g. ``train.steps`` to extend a run, or
+    another parallel mode); ``preset``, when the caller named one, must be the checkpoint's. The
+    run goes on in the folder it came from (``Resumed.run_dir``)."""
     from mnistlab.config import flat_dict
     from mnistlab.io.checkpoint import load_checkpoint, resolve_checkpoint
 
-    spec = getattr(args, "resume", None)
     if not spec:
         return Resumed(config)
+    spec = str(spec)
     notes: list[str] = []
     ckpt: Checkpoint | None
     if spec == "auto":
-        ckpt = _auto_checkpoint(args, config, notes)
+        ckpt = _auto_checkpoint(config, run_dir, notes)
         if ckpt is None:
             notes.append("--resume auto: no earlier run with these settings; starting a new one")
-            return Resumed(config, notes=notes)
+            return Resumed(config, notes=notes, asked=True)
     else:
-        if args.config:
+        if config_file:
             raise ConfigError(
                 "--config cannot be combined with --resume DIR|FILE: a resumed run "
                 "keeps its checkpoint's settings (change safe ones with --set)"
@@ -153,13 +164,13 @@ def resume_state(args: argparse.Namespace, config: Config) -> Resumed:
             ckpt = load_checkpoint(resolve_checkpoint(spec))
     path = ckpt.path
     resumed = ckpt.config
-    if args.preset and args.preset != resumed.preset and spec != "auto":
+    if preset and preset != resumed.preset and spec != "auto":
         raise ConfigError(
-            f"{path} is a {resumed.preset} run, not {args.preset}; drop --preset "
+            f"{path} is a {resumed.preset} run, not {preset}; drop --preset "
             "to resume it, or start a new run"
         )
     saved = flat_dict(resumed)
-    for key, value in _explicit_settings(args, config).items():
+    for key, value in (explicit or {}).items():
         if value == saved.get(key) or (key == "data.dataset" and value == "auto"):
             continue
         if not _is_safe(key):
@@ -178,4 +189,4 @@ def resume_state(args: argparse.Namespace, config: Config) -> Resumed:
         )
     )
     notes.append(f"resuming from {path} at step {ckpt.step:,}{note}")
-    return Resumed(resumed, ckpt.state, ckpt.run_dir, notes)
+    return Resumed(resumed, ckpt.state, ckpt.run_dir, notes, asked=True)
