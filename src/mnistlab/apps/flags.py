@@ -11,6 +11,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from mnistlab.errors import ConfigError
+
 FLAG_SETTINGS: dict[str, str] = {
     "dataset": "data.dataset",
     "data_dir": "data.data_dir",
@@ -35,3 +37,11 @@ def override_keys(args: argparse.Namespace) -> list[str]:
     """Every setting key this command line sets itself: ``--set KEY=...`` and setting flags."""
     keys = [item.split("=", 1)[0].strip() for item in args.overrides if "=" in item]
     return keys + list(flag_settings(args))
+
+
+def tensorboard_events(args: argparse.Namespace) -> bool | None:
+    """Whether to write TensorBoard events: ``None`` follows ``tracking.tensorboard``."""
+    no_events = getattr(args, "no_tensorboard", False)
+    if no_events and getattr(args, "tensorboard", False):
+        raise ConfigError("--tensorboard and --no-tensorboard contradict each other: pick one")
+    return False if no_events else (True if getattr(args, "tensorboard", False) else None)

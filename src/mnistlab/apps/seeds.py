@@ -211,7 +211,7 @@ def parent_dir(args: argparse.Namespace, config: Config) -> Path:
 
 def run_seeds(args: argparse.Namespace, config: Config) -> int:
     """Train ``config`` once per seed of ``args.seeds``; print the table (and JSON)."""
-    from mnistlab.apps.train_cmd import tensorboard_events
+    from mnistlab.apps.flags import tensorboard_events
     from mnistlab.session import RunRequest, folder, load_data, run_training
     from mnistlab.train import TrainingInterrupted
 

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from mnistlab.apps.flags import flag_settings, override_keys
+from mnistlab.apps.flags import flag_settings, override_keys, tensorboard_events
 from mnistlab.config import PRESETS, Config, all_keys, resolve, set_value, to_toml
 from mnistlab.config.schema import PARALLEL_MODES, SCHEDULES
 from mnistlab.errors import ConfigError
@@ -150,14 +150,6 @@ def board_callbacks(args: argparse.Namespace, run_dir: Path) -> list[Any]:
     from mnistlab.apps.board_cmd import BoardCallback
 
     return [BoardCallback(run_dir, port=args.tensorboard_port)]
-
-
-def tensorboard_events(args: argparse.Namespace) -> bool | None:
-    """Whether to write TensorBoard events: ``None`` follows ``tracking.tensorboard``."""
-    no_events = getattr(args, "no_tensorboard", False)
-    if no_events and getattr(args, "tensorboard", False):
-        raise ConfigError("--tensorboard and --no-tensorboard contradict each other: pick one")
-    return False if no_events else (True if getattr(args, "tensorboard", False) else None)
 
 
 # -- parallel modes (parallel) -----------------------------------------------------------------------
