@@ -16,6 +16,7 @@ import torch
 
 from mnistlab.config import Config, to_dict
 from mnistlab.data import Batcher, Split, Splits
+from mnistlab.errors import CheckpointError
 from mnistlab.io.callbacks import Callback
 from mnistlab.models import build_model
 from mnistlab.parallel import Strategy
@@ -178,12 +179,20 @@ class Run:
             ):
                 shadow.copy_(saved)
         self.strategy.load_optimizer_state(state["optimizer"])
-        self.batcher.load_state_dict(state["data"])
+        try:
+            self.batcher.load_state_dict(state["data"])
+        except ValueError as exc:  # the saved order is for another dataset or split
+            raise CheckpointError(
+                f"cannot resume: {exc}; resume with the data the run was trained on"
+            ) from None
         rng = state.get("rng", {})
         if "torch" in rng:
             torch.set_rng_state(rng["torch"])
         if rng.get("cuda") and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(rng["cuda"])
+            # One state a device: a run saved on more devices than this machine has restores
+            # the ones it has (a device without a saved state keeps its own).
+            for index, saved in enumerate(rng["cuda"][: torch.cuda.device_count()]):
+                torch.cuda.set_rng_state(saved, index)
         if rng.get("numpy") is not None:
             _set_numpy_rng_state(rng["numpy"])
         metrics = state.get("metrics", {})
