@@ -72,6 +72,17 @@ def test_every_reader_refuses_a_forged_checkpoint(defect, version, state, tmp_pa
     assert not (tmp_path / "out.safetensors").exists()
 
 
+def test_a_pickled_tensor_of_zero_strides(state, tmp_path):
+    """Format 1 only: 1.5 KB of pickle make a (10**6, 10**6) view of one number; it is refused
+    by its count of numbers before anything reads it whole."""
+    huge = copy.deepcopy(state)
+    huge["model"]["logits.weight"] = torch.zeros(1).expand(10**6, 10**6)
+    path = forge(tmp_path / "x.pt", huge, version=1)
+    assert path.stat().st_size < 200_000
+    with pytest.raises(CheckpointError, match="its weights hold 1,000,000,003,150 numbers"):
+        load_model(path)
+
+
 def test_the_defects_are_refused_for_what_they_are(state, tmp_path):
     """Each message says what is wrong, so a person can tell a damaged file from a forged one."""
     expect = {
@@ -209,3 +220,23 @@ def test_a_good_checkpoint_still_evaluates(state, tmp_path, capsys):
     result = json.loads(capsys.readouterr().out)
     assert result["step"] == 4 and 0 <= result["accuracy"] <= 1
     assert np.isfinite(result["accuracy"])
+
+
+def test_a_model_of_other_classes_than_its_data(state, tmp_path, capsys):
+    """Consistent in itself (12 logits everywhere), but not for the 10 classes of its data: eval
+    built a 10x10 confusion matrix from 12 classes (a traceback), resume copied 12 rows into 10."""
+    twelve = copy.deepcopy(state)
+    for table in (twelve["model"], twelve["ema"]["shadows"]):
+        table["logits.weight"] = torch.full((12, 4), 0.1)
+        table["logits.bias"] = torch.arange(12.0)
+    twelve["optimizer"]["tensors"]["momentum_buffer"] |= {
+        "logits.weight": torch.zeros(12, 4),
+        "logits.bias": torch.zeros(12),
+    }
+    path = forge(tmp_path / "step-000004.pt", twelve)
+    assert load_model(path)[0].logits.weight.shape == (12, 4)  # a valid 12-class model
+    assert main(["eval", str(path)]) == CheckpointError.exit_code
+    one_line(capsys.readouterr().err, path)
+    assert main(["train", "--resume", str(path), "--quiet"]) == CheckpointError.exit_code
+    err = capsys.readouterr().err
+    assert "tells 12 classes apart but mnist-sample has 10" in err and "Traceback" not in err

@@ -18,6 +18,7 @@ from mnistlab.config import Config, to_dict
 from mnistlab.data import Batcher, Split, Splits
 from mnistlab.errors import CheckpointError
 from mnistlab.io.callbacks import Callback
+from mnistlab.io.checkpoint.trust import num_classes
 from mnistlab.models import build_model
 from mnistlab.parallel import Strategy
 from mnistlab.parallel.device import resolve_device, set_tf32
@@ -163,6 +164,14 @@ class Run:
 
     @torch.no_grad()
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue from ``state``, a ``Run.state_dict()`` that ``load_checkpoint`` checked."""
+        saved_classes = num_classes(state["model"])
+        if saved_classes != self.data.num_classes:
+            raise CheckpointError(
+                f"cannot resume: the checkpoint's model tells {saved_classes} classes apart but "
+                f"{self.data.name} has {self.data.num_classes}; resume with the data the run "
+                "was trained on"
+            )
         self.step = int(state["step"])
         if not self.config.train.threads and state.get("threads"):
             torch.set_num_threads(min(int(state["threads"]), cpu_threads()))
