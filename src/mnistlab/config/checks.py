@@ -25,6 +25,7 @@ from mnistlab.config.schema import (
     SECTIONS,
     SWITCHES,
     Config,
+    field_types,
 )
 from mnistlab.errors import ConfigError
 
@@ -67,7 +68,7 @@ def _check_int_range(config: Config) -> None:
 def _check_finite(config: Config) -> None:
     """NaN or infinity in any float setting: named up front, not discovered as a NaN loss."""
     for section, cls in SECTIONS.items():
-        hints = typing.get_type_hints(cls)
+        hints = field_types(section)
         for f in fields(cls):
             if float not in (hints[f.name], *typing.get_args(hints[f.name])):
                 continue

@@ -18,7 +18,7 @@ from typing import Any
 
 from mnistlab.config.checks import validate
 from mnistlab.config.presets import PRESETS
-from mnistlab.config.schema import SECTIONS, Config
+from mnistlab.config.schema import SECTIONS, Config, field_types
 from mnistlab.errors import ConfigError
 
 if sys.version_info >= (3, 11):
@@ -93,8 +93,7 @@ def _key_hint(key: str, choices: list[str]) -> str:
 
 
 def _field_type(section: str, key: str) -> Any:
-    hints = typing.get_type_hints(SECTIONS[section])
-    return hints[key]
+    return field_types(section)[key]
 
 
 def _coerce(value: Any, typ: Any, key: str) -> Any:
