@@ -162,12 +162,13 @@ def test_batch_norm_statistics_are_checked(sample_splits, tmp_path):
         load_checkpoint(forge(tmp_path / "nob.pt", no_buffers))
 
 
-def test_a_data_order_for_other_data_is_refused_on_resume(state, tmp_path, capsys):
+def test_a_data_order_for_other_data_is_refused_on_resume(state, tmp_path, capsys, monkeypatch):
     """A consistent order of 3,499 examples passes the file's checks; resuming it on the
     3,500-example sample is one line too (not a ValueError from the batcher)."""
     other = copy.deepcopy(state)
     other["data"] = {**other["data"], "num_examples": 3499, "perm": torch.randperm(3499)}
     path = forge(tmp_path / "step-000004.pt", other)
+    monkeypatch.chdir(tmp_path)  # a refused resume of a loose file still opens runs/<date>/
     assert main(["train", "--resume", str(path), "--quiet"]) == CheckpointError.exit_code
     err = capsys.readouterr().err
     assert "covers 3499 examples, this dataset has 3500" in err and "Traceback" not in err
@@ -222,7 +223,7 @@ def test_a_good_checkpoint_still_evaluates(state, tmp_path, capsys):
     assert np.isfinite(result["accuracy"])
 
 
-def test_a_model_of_other_classes_than_its_data(state, tmp_path, capsys):
+def test_a_model_of_other_classes_than_its_data(state, tmp_path, capsys, monkeypatch):
     """Consistent in itself (12 logits everywhere), but not for the 10 classes of its data: eval
     built a 10x10 confusion matrix from 12 classes (a traceback), resume copied 12 rows into 10."""
     twelve = copy.deepcopy(state)
@@ -237,6 +238,7 @@ def test_a_model_of_other_classes_than_its_data(state, tmp_path, capsys):
     assert load_model(path)[0].logits.weight.shape == (12, 4)  # a valid 12-class model
     assert main(["eval", str(path)]) == CheckpointError.exit_code
     one_line(capsys.readouterr().err, path)
+    monkeypatch.chdir(tmp_path)  # a refused resume of a loose file still opens runs/<date>/
     assert main(["train", "--resume", str(path), "--quiet"]) == CheckpointError.exit_code
     err = capsys.readouterr().err
     assert "tells 12 classes apart but mnist-sample has 10" in err and "Traceback" not in err
