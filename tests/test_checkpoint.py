@@ -22,6 +22,7 @@ from mnistlab.config import set_value
 from mnistlab.errors import CheckpointError, ConfigError
 from mnistlab.io.checkpoint import (
     CheckpointCallback,
+    legacy,
     load_checkpoint,
     load_model,
     resolve_checkpoint,
@@ -69,12 +70,22 @@ def assert_same_state(a: dict[str, Any], b: dict[str, Any]) -> tuple[int, float]
     return tensors, worst
 
 
+@pytest.fixture(scope="module")
+def small_state(sample_splits) -> dict[str, Any]:
+    """A real training state, small: seed-softmax before its first step."""
+    return build_run(small_config("seed-softmax", "train.steps=3"), sample_splits).state_dict()
+
+
+def with_step(state: dict[str, Any], step: int) -> dict[str, Any]:
+    return {**state, "step": step}
+
+
 def test_save_load_round_trip(sample_splits, tmp_path):
     run = build_run(small_config("seed-mlp", "train.steps=3"), sample_splits)
     state = run.state_dict()
     path = save_checkpoint(tmp_path / "a.pt", state)
     loaded = load_checkpoint(path)
-    assert loaded.step == 0 and loaded.header["format_version"] == ck.FORMAT_VERSION
+    assert loaded.step == 0 and loaded.header["format_version"] == ck.FORMAT_VERSION == 2
     assert loaded.config == run.config
     assert_same_state(state, loaded.state)
     assert not list(tmp_path.glob(".*.tmp"))
@@ -189,7 +200,7 @@ def test_malicious_pickle_is_refused_without_running(tmp_path):
     buffer = io.BytesIO()
     torch.save({"step": 1, "model": {}, "config": {}, "x": Payload(marker)}, buffer)
     crafted = tmp_path / "evil.pt"  # valid header and checksum: only weights_only stands guard
-    crafted.write_bytes(b"".join(ck.pack(buffer.getvalue(), step=1)))
+    crafted.write_bytes(b"".join(legacy.pack(buffer.getvalue(), {"step": 1})))
     with pytest.raises(CheckpointError, match=re.escape(str(crafted))):
         load_checkpoint(crafted)
     raw = tmp_path / "raw.pt"  # a bare torch.save pickle, no mnistlab header
@@ -203,9 +214,11 @@ def test_malicious_pickle_is_refused_without_running(tmp_path):
     assert marker.exists()
 
 
-def test_truncated_and_bit_flipped_files_are_detected(tmp_path):
-    good = save_checkpoint(
-        tmp_path / "good.pt", {"step": 3, "model": {"w": torch.ones(1000)}, "config": {}}
+@pytest.mark.parametrize("version", [1, 2])
+def test_truncated_and_bit_flipped_files_are_detected(tmp_path, small_state, version):
+    good = ck.atomic_write(
+        tmp_path / "good.pt",
+        (ck.serialize if version == 2 else ck.serialize_v1)(with_step(small_state, 3)),
     )
     data = good.read_bytes()
     truncated = tmp_path / "truncated.pt"
@@ -226,19 +239,72 @@ def test_truncated_and_bit_flipped_files_are_detected(tmp_path):
 
 
 def test_newer_format_says_so(tmp_path):
-    path = tmp_path / "future.pt"
+    from safetensors.torch import save
+
+    old_layout = tmp_path / "future.pt"
     header = {"format_version": 99, "mnistlab_version": "9.0.0", "payload_bytes": 0}
-    path.write_bytes(ck.MAGIC + json.dumps(header).encode() + b"\n")
-    with pytest.raises(
-        CheckpointError,
-        match=r"mnistlab 9\.0\.0 in checkpoint format 99.*"
-        r"reads format 1 only: upgrade mnistlab",
-    ):
+    old_layout.write_bytes(ck.MAGIC + json.dumps(header).encode() + b"\n")
+    new_layout = tmp_path / "future2.pt"
+    info = json.dumps({"format_version": 3, "mnistlab_version": "9.0.0"})
+    new_layout.write_bytes(save({}, metadata={"format": "mnistlab-checkpoint", "mnistlab": info}))
+    for path, version in ((old_layout, 99), (new_layout, 3)):
+        with pytest.raises(
+            CheckpointError,
+            match=rf"mnistlab 9\.0\.0 in checkpoint format {version}.*"
+            r"reads formats 1 and 2: upgrade mnistlab",
+        ):
+            load_checkpoint(path)
+
+
+def test_an_export_is_not_taken_for_a_checkpoint(tmp_path):
+    from safetensors.torch import save
+
+    path = tmp_path / "model.safetensors"
+    path.write_bytes(save({"logits.weight": torch.zeros(10, 784)}, metadata={"x": "y"}))
+    with pytest.raises(CheckpointError, match="a safetensors file but not an mnistlab checkpoint"):
         load_checkpoint(path)
 
 
-def test_second_ctrl_c_mid_save_leaves_previous_file(tmp_path, monkeypatch):
-    path = save_checkpoint(tmp_path / "x.pt", {"step": 1, "model": {}, "config": {}})
+def test_a_format_1_file_loads_and_resumes_as_its_format_2_copy(sample_splits, tmp_path):
+    """A checkpoint written by the format-1 code (tests/fixtures, made at commit 33f3551)
+    loads, re-saves in format 2 to the same bits, and both resume to the same state."""
+    fixture = Path(__file__).parent / "fixtures" / "v1-seed-mlp-step4.pt"
+    old = load_checkpoint(fixture)
+    assert old.header["format_version"] == 1 and old.step == 4
+    copy = load_checkpoint(save_checkpoint(tmp_path / "v2.pt", old.state))
+    assert copy.header["format_version"] == 2 and copy.config == old.config
+    assert_same_state(old.state, copy.state)
+    config = set_value(old.config, "train.steps", 6)
+    ends = []
+    for i, ckpt in enumerate((old, copy)):
+        folder = tmp_path / f"run{i}"
+        train(
+            config, sample_splits, resume_state=ckpt.state, callbacks=[CheckpointCallback(folder)]
+        )
+        ends.append(load_checkpoint(resolve_checkpoint(folder)).state)
+    assert ends[0]["step"] == 6
+    assert_same_state(ends[0], ends[1])
+
+
+def test_a_format_2_file_is_plain_safetensors(tmp_path, small_state):
+    """Readable without mnistlab: safetensors for the tensors, JSON for everything else."""
+    from safetensors import safe_open
+
+    path = save_checkpoint(tmp_path / "x.pt", with_step(small_state, 7))
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata()
+        weight = f.get_tensor("model/logits.weight")
+    assert meta["format"] == "mnistlab-checkpoint"
+    assert json.loads(meta["mnistlab"])["step"] == 7
+    skeleton = json.loads(meta["state"])
+    assert skeleton["model"]["logits.weight"] == {"$tensor": "model/logits.weight"}
+    assert skeleton["config"]["model"]["name"] == "softmax"
+    assert torch.equal(weight, small_state["model"]["logits.weight"])
+    assert b"\x80\x02" not in path.read_bytes()[:16]  # no pickle anywhere near the start
+
+
+def test_second_ctrl_c_mid_save_leaves_previous_file(tmp_path, monkeypatch, small_state):
+    path = save_checkpoint(tmp_path / "x.pt", with_step(small_state, 1))
 
     def interrupted(handle, data):
         handle.write(bytes(data)[:10])
@@ -246,7 +312,7 @@ def test_second_ctrl_c_mid_save_leaves_previous_file(tmp_path, monkeypatch):
 
     monkeypatch.setattr(ck, "_write_all", interrupted)
     with pytest.raises(KeyboardInterrupt):
-        save_checkpoint(path, {"step": 2, "model": {}, "config": {}})
+        save_checkpoint(path, with_step(small_state, 2))
     assert load_checkpoint(path).step == 1
     assert [p.name for p in tmp_path.iterdir()] == ["x.pt"]
 
@@ -260,17 +326,16 @@ def slow(handle, data):
     handle.write(view[: len(view) // 2]); handle.flush()
     open(marker, "w").close()
     time.sleep(120)
+state = ck.load_checkpoint(path).state
 ck._write_all = slow
-ck.save_checkpoint(path, {"step": 2, "model": {"w": torch.full((1 << 20,), 2.0)}, "config": {}})
+ck.save_checkpoint(path, {**state, "step": 2})
 """
 
 
 @pytest.mark.slow
-def test_kill_9_during_save_keeps_previous_checkpoint(tmp_path):
+def test_kill_9_during_save_keeps_previous_checkpoint(tmp_path, small_state):
     folder = tmp_path / "run" / "checkpoints"
-    target = save_checkpoint(
-        folder / "step-000001.pt", {"step": 1, "model": {"w": torch.ones(1 << 20)}, "config": {}}
-    )
+    target = save_checkpoint(folder / "step-000001.pt", with_step(small_state, 1))
     marker = tmp_path / "mid-save"
     env = {**os.environ, "PYTHONPATH": SRC}
     child = subprocess.Popen([sys.executable, "-c", CHILD, str(target), str(marker)], env=env)
@@ -287,7 +352,7 @@ def test_kill_9_during_save_keeps_previous_checkpoint(tmp_path):
     assert leftovers, "the kill should have left the half-written temp file"
     ckpt = load_checkpoint(resolve_checkpoint(tmp_path / "run"))
     assert ckpt.path == target and ckpt.step == 1
-    assert torch.equal(ckpt.state["model"]["w"], torch.ones(1 << 20))
+    assert_same_state(ckpt.state, with_step(small_state, 1))
 
 
 @pytest.mark.slow

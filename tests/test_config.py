@@ -1,5 +1,7 @@
 """Presets, overrides, TOML and the messages for bad settings."""
 
+import re
+
 import pytest
 
 from mnistlab.config import PRESETS, from_dict, load_toml, preset_config, resolve, to_dict, to_toml
@@ -136,10 +138,101 @@ def test_values_that_cannot_work_are_refused_up_front(override, message):
 def test_model_size_check_names_the_memory(monkeypatch):
     from mnistlab.config import checks
 
-    monkeypatch.setattr(checks, "available_memory", lambda: 10_000_000)  # 10 MB
-    with pytest.raises(ConfigError, match=r"about .* to train .* has 10.0 MB of memory"):
-        resolve("seed-mlp", None, ["model.hidden=2000"])
+    monkeypatch.setattr(checks, "available_memory", lambda: 400_000_000)  # 400 MB
+    with pytest.raises(ConfigError, match=r"about .* to train .* has 400.0 MB of memory"):
+        resolve("seed-mlp", None, ["model.hidden=20000"])
     assert resolve("seed-mlp", None, ["model.hidden=100"]).model.hidden == (100,)
+
+
+@pytest.mark.parametrize(
+    ("override", "key", "fits"),
+    [
+        ("train.batch_size=1000000", "train.batch_size", r"at most about [\d,]+ fits"),
+        ("train.log_every=1000000000", "train.log_every", r"at most about [\d,]+ fits"),
+    ],
+)
+def test_memory_check_counts_activations_and_names_the_setting(monkeypatch, override, key, fits):
+    """A batch too big for memory was a raw allocation error: the check counted parameters only."""
+    from mnistlab.config import checks
+
+    monkeypatch.setattr(checks, "available_memory", lambda: 2_000_000_000)  # 2 GB
+    with pytest.raises(ConfigError) as caught:
+        resolve("seed-mlp", None, [override])
+    assert re.match(rf"^{key}=.* needs about .* lower {key} \({fits}\)$", str(caught.value))
+    message = str(caught.value)  # what it says fits, fits
+    most = int(message.rsplit("at most about ", 1)[1].split()[0].replace(",", ""))
+    assert resolve("seed-mlp", None, [f"{key}={most}"]).train is not None
+    with pytest.raises(ConfigError, match=f"lower {key}"):
+        resolve("seed-mlp", None, [f"{key}={most * 11 // 10}"])
+
+
+def test_memory_parts_follow_the_model():
+    """A step's layer outputs grow with the batch and the layers; the data does not."""
+    from mnistlab.config.checks import memory_parts
+
+    small, big = (memory_parts(resolve("lenet", None, [f"train.batch_size={b}"])) for b in (10, 20))
+    assert big["train.batch_size"] == 2 * small["train.batch_size"]
+    assert big["data"] == small["data"] == 70_000 * (784 * 4 + 8)
+    mlp = memory_parts(resolve("seed-mlp", None, []))
+    assert mlp["train.batch_size"] == 100 * (4 * (784 + 2 * (500 + 500 + 10 + 10)) + 8)
+    assert small["train.batch_size"] > 10 * mlp["train.batch_size"] // 100  # convolutions
+
+
+@pytest.mark.parametrize(
+    "override",
+    [
+        "train.steps=100000000000000000000000",
+        "train.log_every=100000000000000000000000",
+        "train.eval_every=100000000000000000000000",
+        "checkpoint.every=100000000000000000000000",
+        "tracking.histogram_every=100000000000000000000000",
+        "optim.decay_steps=100000000000000000000000",
+        "optim.warmup_steps=100000000000000000000000",
+        "model.hidden=100000000000000000000000",
+    ],
+)
+def test_integers_beyond_64_bits_are_refused(override):
+    key = override.split("=")[0]
+    with pytest.raises(
+        ConfigError, match=rf"^{key}=about 10\*\*23 is out of range: .*\(2\*\*63-1\)$"
+    ):
+        resolve("seed-mlp", None, [override])
+
+
+@pytest.mark.parametrize(
+    ("override", "said"),
+    [
+        ("foo.bar=1", "with the sections data, model, optim, train, parallel, checkpoint"),
+        ("optim.xyz=1", "[optim] holds name, lr, schedule"),
+        ("zzz=1", "settings are SECTION.KEY"),
+    ],
+)
+def test_an_unknown_key_far_from_any_gets_no_guess(override, said):
+    with pytest.raises(ConfigError) as caught:
+        resolve("seed-mlp", None, [override])
+    assert "did you mean" not in str(caught.value) and said in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [("lerning_rate=1", "optim.lr"), ("steps=5", "train.steps"), ("model.hiden=5", "model.hidden")],
+)
+def test_close_names_are_still_suggested(override, expected):
+    with pytest.raises(ConfigError, match=f"did you mean '{expected}'"):
+        resolve("seed-mlp", None, [override])
+
+
+@pytest.mark.parametrize("data", [[1, 2], "text", {"preset": 5}, {"train": [1]}])
+def test_from_dict_takes_only_a_table_of_settings(data):
+    with pytest.raises(ConfigError, match="somewhere"):
+        from_dict(data, where="somewhere")
+
+
+def test_an_integer_python_refuses_in_a_toml_file(tmp_path):
+    path = tmp_path / "big.toml"
+    path.write_text("[train]\nseed = " + "9" * 5000 + "\n")
+    with pytest.raises(ConfigError, match="big.toml holds a value this reader refuses"):
+        load_toml(path)
 
 
 @pytest.mark.parametrize("preset", list(PRESETS))
@@ -181,3 +274,25 @@ def test_a_linear_schedule_needs_steps_after_its_warmup():
 def test_batch_norm_models_train_in_one_process(mode):
     with pytest.raises(ConfigError, match=f"batch statistics .* without --parallel {mode}"):
         resolve("speedrun", None, [f"parallel.mode={mode}", "parallel.workers=2"])
+
+
+@pytest.mark.parametrize("preset", list(PRESETS))
+def test_layer_outputs_match_the_built_model(preset):
+    """What the memory check counts per image is what the model makes: every layer's output
+    (views such as flatten make none), then the loss's log-softmax."""
+    import torch
+
+    from mnistlab.config.model_rules import layer_outputs
+    from mnistlab.models.build import build_model
+
+    config = preset_config(preset)
+    model = build_model(config.model)
+    seen: list[int] = []
+    for module in model.modules():
+        if not list(module.children()) and not isinstance(
+            module, (torch.nn.Flatten, torch.nn.Unflatten)
+        ):
+            module.register_forward_hook(lambda m, i, out: seen.append(out[0].numel()))
+    model.train()
+    model(torch.zeros(2, 784))
+    assert layer_outputs(config.model) == [*seen, 10]

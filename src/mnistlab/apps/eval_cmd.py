@@ -89,7 +89,8 @@ def table(result: dict[str, Any], class_names: list[str]) -> str:
 # The bundled sample is drawn from MNIST itself: a model of one is fairly scored on the other.
 def run_eval(args: argparse.Namespace) -> int:
     from mnistlab.config import set_value
-    from mnistlab.io.checkpoint import load_model
+    from mnistlab.errors import CheckpointError
+    from mnistlab.io.checkpoint import load_model, num_classes
     from mnistlab.session import load_data
     from mnistlab.session.data import dataset_mismatch
     from mnistlab.train.metrics import summarize
@@ -101,6 +102,12 @@ def run_eval(args: argparse.Namespace) -> int:
     if args.data_dir:
         config = set_value(config, "data.data_dir", args.data_dir)
     config, data = load_data(config, quiet=args.json)
+    classes = num_classes(ckpt.state["model"])
+    if classes != data.num_classes:  # a confusion matrix needs one class list for both
+        raise CheckpointError(
+            f"the model in {ckpt.path} tells {classes} classes apart but {data.name} has "
+            f"{data.num_classes}: evaluate it on a dataset of {classes} classes (--dataset)"
+        )
     mismatch = dataset_mismatch(ckpt.config.data.dataset, data.name)
     if mismatch:
         print(f"mnistlab: warning: {mismatch}", file=sys.stderr)

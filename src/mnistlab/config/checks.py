@@ -13,9 +13,10 @@ import os
 import typing
 from dataclasses import fields
 
-from mnistlab.config.model_rules import MODEL_RULES, parameter_count
+from mnistlab.config.model_rules import MODEL_RULES, layer_outputs, parameter_count
 from mnistlab.config.schema import (
     INIT_NAMES,
+    INPUT_SHAPE,
     LOSS_NAMES,
     LR_SCHEDULES,
     OPTIMIZER_NAMES,
@@ -24,11 +25,23 @@ from mnistlab.config.schema import (
     SECTIONS,
     SWITCHES,
     Config,
+    field_types,
 )
 from mnistlab.errors import ConfigError
 
 SEED_MAX = 2**63 - 1
 """torch takes a 64-bit seed and the loop derives others from it (seed + 1, ...): stay below."""
+INT_MAX = 2**63 - 1
+"""The largest integer any setting may hold: torch and numpy keep counts in 64 bits, so a larger
+one overflows deep inside them (a traceback) instead of being refused here."""
+
+
+def show_int(value: int) -> str:
+    """An integer for a message: exact up to 18 digits, else its order of magnitude (Python
+    refuses to print one of more than 4,300 digits at all)."""
+    if abs(value) < 10**18:
+        return str(value)
+    return f"{'-' if value < 0 else ''}about 10**{int(math.log10(abs(value)))}"
 
 
 def _choice(value: str, choices: tuple[str, ...], key: str) -> None:
@@ -38,10 +51,24 @@ def _choice(value: str, choices: tuple[str, ...], key: str) -> None:
         raise ConfigError(f"{key} must be one of {', '.join(choices)}; got {value!r}{hint}")
 
 
+def _check_int_range(config: Config) -> None:
+    """Every integer setting (and each ``model.hidden`` size) fits in 64 bits."""
+    for section, cls in SECTIONS.items():
+        for f in fields(cls):
+            value = getattr(getattr(config, section), f.name)
+            values = value if isinstance(value, tuple) else (value,)
+            for v in values:
+                if isinstance(v, int) and not isinstance(v, bool) and not -INT_MAX <= v <= INT_MAX:
+                    raise ConfigError(
+                        f"{section}.{f.name}={show_int(v)} is out of range: settings hold "
+                        f"integers of at most {INT_MAX:,} (2**63-1)"
+                    )
+
+
 def _check_finite(config: Config) -> None:
     """NaN or infinity in any float setting: named up front, not discovered as a NaN loss."""
     for section, cls in SECTIONS.items():
-        hints = typing.get_type_hints(cls)
+        hints = field_types(section)
         for f in fields(cls):
             if float not in (hints[f.name], *typing.get_args(hints[f.name])):
                 continue
@@ -81,23 +108,73 @@ def _human(n: float) -> str:
     return f"{n:.1f} PB"  # pragma: no cover
 
 
-def _check_model_size(config: Config) -> None:
-    """Weights, gradients, the moving average and the optimizer's state are float32 copies of
-    every parameter; refuse a model whose copies cannot fit in the memory this machine has."""
-    m, o = config.model, config.optim
-    params = parameter_count(m)
-    copies = (
-        2 + (o.ema_decay > 0) + {"sgd": 0, "momentum": 1, "nesterov": 1, "adam": 2}.get(o.name, 2)
-    )
-    need = params * 4 * copies
-    have = available_memory()
-    if have is not None and need > have:
+FAMILY_EXAMPLES = 70_000
+"""Images of an MNIST-family dataset (60,000 to train, 10,000 to test), all held in memory as
+float32 while a run trains; the memory check counts them (it runs before the data is found)."""
+EVAL_CHUNK = 10_000
+"""Images evaluated at once (``Strategy.predict``'s chunk)."""
+OPTIMIZER_COPIES = {"sgd": 0, "momentum": 1, "nesterov": 1, "adam": 2}
+"""Copies of every parameter an optimizer keeps (momentum buffer; Adam's two moments)."""
+
+
+def memory_parts(config: Config) -> dict[str, int]:
+    """Bytes a run of ``config`` needs, by the setting that sizes each part (an estimate made
+    before anything is allocated; float32 throughout):
+
+    - ``model.hidden``: weights, gradients, the moving average and the optimizer's state (copies
+      of every parameter), plus evaluation in chunks of ``EVAL_CHUNK`` images, where two
+      consecutive layer outputs are alive at once;
+    - ``train.batch_size``: one step's images, every layer's output kept for the backward pass
+      and the gradient of each;
+    - ``train.log_every``: what is held between two boundaries: each step's loss, and where the
+      step tables run (``train.compile=on``, or ``train.device=cuda...``, where the tables sit in
+      device memory this check cannot see, so it counts them here) each step's batch indices;
+    - ``data``: the dataset's images and labels (``FAMILY_EXAMPLES``).
+    """
+    m, o, t = config.model, config.optim, config.train
+    inputs = math.prod(INPUT_SHAPE)
+    outputs = layer_outputs(m)
+    copies = 2 + (o.ema_decay > 0) + OPTIMIZER_COPIES.get(o.name, 2)
+    tables = t.compile == "on" or t.device.startswith("cuda")
+    widest_pair = max(a + b for a, b in zip([inputs, *outputs], outputs, strict=False))
+    return {
+        "model.hidden": parameter_count(m) * 4 * copies + EVAL_CHUNK * 4 * widest_pair,
+        "train.batch_size": t.batch_size * (4 * (inputs + 2 * sum(outputs)) + 8),
+        "train.log_every": t.log_every * (4 + (8 * t.batch_size + 12) * tables),
+        "data": FAMILY_EXAMPLES * (4 * inputs + 8),
+    }
+
+
+def _check_memory(config: Config) -> None:
+    """Refuse a run that cannot fit in the memory this machine has, naming the setting whose part
+    is largest (``memory_parts``): a raw allocation error half-way into training says nothing."""
+    parts = memory_parts(config)
+    need, have = sum(parts.values()), available_memory()
+    if have is None or need <= have:
+        return
+    key = max(("model.hidden", "train.batch_size", "train.log_every"), key=parts.__getitem__)
+    m, t = config.model, config.train
+    rest = need - parts[key]
+    budget = f"but this machine has {_human(have)} of memory available"
+    if key == "model.hidden":
         raise ConfigError(
-            f"model.hidden={','.join(map(str, m.hidden))} makes a {m.name} model of {params:,} "
-            f"parameters, about {_human(need)} to train (weights, gradients, average, optimizer "
-            f"state) but this machine has {_human(have)} of memory available: choose smaller "
-            "layers (seed-mlp uses 500)"
+            f"model.hidden={','.join(map(str, m.hidden))} makes a {m.name} model of "
+            f"{parameter_count(m):,} parameters, about {_human(need)} to train (weights, "
+            f"gradients, average, optimizer state, activations, the data) {budget}: choose "
+            "smaller layers (seed-mlp uses 500)"
         )
+    per_step = parts[key] // getattr(t, key.split(".")[1])
+    fits = max(0, (have - rest) // per_step)
+    hint = f"at most about {fits:,} fits" if fits else "the rest of the run alone does not fit"
+    what = (
+        "one step's images, layer outputs and their gradients"
+        if key == "train.batch_size"
+        else "what that many steps hold between two boundaries (losses, batch indices)"
+    )
+    raise ConfigError(
+        f"{key}={getattr(t, key.split('.')[1]):,} needs about {_human(parts[key])} for {what}, "
+        f"about {_human(need)} in all, {budget}: lower {key} ({hint})"
+    )
 
 
 def _check_batch_statistics(config: Config) -> None:
@@ -121,8 +198,10 @@ def usable_cores() -> int:
         return os.cpu_count() or 1
 
 
-def validate(config: Config) -> Config:
-    """Reject settings that cannot work, with the key and the reason."""
+def validate(config: Config, *, machine: bool = True) -> Config:
+    """Reject settings that cannot work, with the key and the reason. ``machine=False`` leaves
+    out what depends on this machine (its memory, its cores): how a checkpoint's saved settings
+    are checked, which were chosen for the machine that trained it."""
     m, o, t, p, c = config.model, config.optim, config.train, config.parallel, config.checkpoint
     _check_finite(config)
     _choice(m.name, tuple(MODEL_RULES), "model.name")
@@ -176,7 +255,6 @@ def validate(config: Config) -> Config:
     reason = MODEL_RULES[m.name].hidden_error(m.hidden)
     if reason:
         raise ConfigError(f"model.hidden {reason}")
-    _check_model_size(config)
     _check_batch_statistics(config)
     v = config.data.validation_size
     if v is not None and v < 1:
@@ -191,13 +269,24 @@ def validate(config: Config) -> Config:
     if config.tracking.histogram_every < 0:
         raise ConfigError("tracking.histogram_every must be 0 (off) or positive")
     if not 0 <= t.seed <= SEED_MAX:
-        raise ConfigError(f"train.seed must be between 0 and {SEED_MAX} (2**63-1); got {t.seed}")
+        raise ConfigError(
+            f"train.seed must be between 0 and {SEED_MAX} (2**63-1); got {show_int(t.seed)}"
+        )
     if t.threads < 0:
         raise ConfigError(f"train.threads must be 0 (torch's default) or positive; got {t.threads}")
+    _check_int_range(config)  # after the checks with their own ranges, which say more
+    if machine:
+        _check_machine(config)
+    return config
+
+
+def _check_machine(config: Config) -> None:
+    """What this machine can hold and run: memory, then CPU cores."""
+    _check_memory(config)
+    t = config.train
     cores = usable_cores()
     if t.threads > cores:
         raise ConfigError(
             f"train.threads={t.threads} is more than the {cores} CPU cores this process may use: "
             f"set at most {cores} (or 0 for torch's default)"
         )
-    return config

@@ -18,7 +18,7 @@ from typing import Any
 
 from mnistlab.config.checks import validate
 from mnistlab.config.presets import PRESETS
-from mnistlab.config.schema import SECTIONS, Config
+from mnistlab.config.schema import SECTIONS, Config, field_types
 from mnistlab.errors import ConfigError
 
 if sys.version_info >= (3, 11):
@@ -51,36 +51,49 @@ ALIASES = {
 }
 
 
-def _nearest(key: str, choices: list[str]) -> str:
-    """``"; did you mean 'x'?"`` for the closest valid name, or an empty string."""
-    section, _, tail = key.rpartition(".")
-    if tail in ALIASES:
-        alias = ALIASES[tail]
-        hits = [c for c in choices if c.rpartition(".")[2] == alias]
-        same = [c for c in hits if c.startswith(section + ".")] if section else []
-        if same or hits:
-            return f"; did you mean {(same or hits)[0]!r}?"
-    if section:  # a known section with a misspelt key: look in that section first
-        in_section = [c for c in choices if c.startswith(section + ".")]
-        # "l2_reg" -> "l2", "steps_total" -> "steps": a valid name the key starts with
-        prefixed = sorted(
-            (c for c in in_section if tail.startswith(c.rpartition(".")[2])), key=len, reverse=True
-        )
-        if prefixed:
-            return f"; did you mean {prefixed[0]!r}?"
-        close = difflib.get_close_matches(key, in_section, n=1, cutoff=0.6)
-        if close:
-            return f"; did you mean {close[0]!r}?"
-    close = difflib.get_close_matches(key, choices, n=1, cutoff=0.4)
-    if not close:  # match on the part after the dot too ("lerning_rate" ~ "optim.lr")
-        tails = {c.rpartition(".")[2]: c for c in choices}
-        close = [tails[t] for t in difflib.get_close_matches(tail, list(tails), n=1, cutoff=0.4)]
+CLOSE = 0.7
+"""How alike (difflib's ratio) a name must be to a valid one to be suggested: ``trian`` ~
+``train`` (0.8), ``seed_mlp`` ~ ``seed-mlp``; ``foo`` ~ ``lr`` (0.4) is no hint at all."""
+
+
+def _nearest(name: str, choices: list[str]) -> str:
+    """``"; did you mean 'x'?"`` for a valid name really close to ``name``, or an empty string."""
+    close = difflib.get_close_matches(name, choices, n=1, cutoff=CLOSE)
     return f"; did you mean {close[0]!r}?" if close else ""
 
 
+def _key_hint(key: str, choices: list[str]) -> str:
+    """What to say after "unknown setting KEY": the nearest valid ``section.key`` when one is
+    really close (or is the name other tools use for it), else the keys of its section, else
+    the sections."""
+    section, _, tail = key.rpartition(".")
+    sections = list(dict.fromkeys(c.partition(".")[0] for c in choices))
+    if section and section not in sections:  # "trian.steps": a misspelt section
+        near = difflib.get_close_matches(section, sections, n=1, cutoff=CLOSE)
+        section = near[0] if near else section
+    in_section = [c for c in choices if c.startswith(section + ".")] if section else choices
+    alias = difflib.get_close_matches(tail, list(ALIASES), n=1, cutoff=0.85)  # "lerning_rate"
+    if alias:
+        hits = [c for c in in_section or choices if c.rpartition(".")[2] == ALIASES[alias[0]]]
+        if hits:
+            return f"; did you mean {hits[0]!r}?"
+    if in_section:
+        tails = {c.rpartition(".")[2]: c for c in in_section}
+        # "l2_reg" -> "l2", "steps_total" -> "steps": a valid name the key starts with
+        prefixed = sorted((t for t in tails if section and tail.startswith(t)), key=len)
+        close = difflib.get_close_matches(tail, list(tails), n=1, cutoff=CLOSE)
+        if prefixed or close:
+            return f"; did you mean {tails[(prefixed[-1:] or close)[0]]!r}?"
+    if section in sections:
+        return f" ([{section}] holds {', '.join(t.rpartition('.')[2] for t in in_section)})"
+    return (
+        f" (settings are SECTION.KEY, with the sections {', '.join(sections)}; the README's "
+        "Settings table lists every key)"
+    )
+
+
 def _field_type(section: str, key: str) -> Any:
-    hints = typing.get_type_hints(SECTIONS[section])
-    return hints[key]
+    return field_types(section)[key]
 
 
 def _coerce(value: Any, typ: Any, key: str) -> Any:
@@ -148,7 +161,7 @@ def set_value(config: Config, key: str, value: Any) -> Config:
     if key == "preset":
         raise ConfigError("choose a preset with --preset NAME, not --set preset=...")
     if "." not in key or key not in keys:
-        raise ConfigError(f"unknown setting {key!r}{_nearest(key, keys)}")
+        raise ConfigError(f"unknown setting {key!r}{_key_hint(key, keys)}")
     section, name = key.split(".", 1)
     coerced = _coerce(value, _field_type(section, name), key)
     sub = replace(getattr(config, section), **{name: coerced})
@@ -166,8 +179,15 @@ def apply_overrides(config: Config, overrides: list[str]) -> Config:
 
 
 def from_dict(data: dict[str, Any], base: Config | None = None, *, where: str = "config") -> Config:
-    """Overlay a nested mapping (as in a TOML file or a checkpoint) onto ``base``."""
+    """Overlay a nested mapping (as in a TOML file or a checkpoint) onto ``base``. Anything that
+    is not such a mapping of settings is a ``ConfigError`` (a checkpoint may hold anything)."""
+    if not isinstance(data, dict):
+        raise ConfigError(
+            f"{where}: settings must be a table of sections; got {type(data).__name__}"
+        )
     preset = data.get("preset")
+    if preset is not None and not isinstance(preset, str):
+        raise ConfigError(f"{where}: preset must be a name; got {preset!r:.60}")
     if base is None:
         base = preset_config(str(preset)) if preset else Config()
     elif preset is not None and preset != base.preset:
@@ -178,12 +198,12 @@ def from_dict(data: dict[str, Any], base: Config | None = None, *, where: str = 
             continue
         if section not in SECTIONS:
             raise ConfigError(
-                f"{where}: unknown section [{section}]{_nearest(section, list(SECTIONS))}"
+                f"{where}: unknown section [{section!s:.60}]{_nearest(str(section), list(SECTIONS))}"
             )
         if not isinstance(values, dict):
             raise ConfigError(f"{where}: [{section}] must be a table of settings")
         for name, value in values.items():
-            config = set_value(config, f"{section}.{name}", value)
+            config = set_value(config, f"{section}.{name!s:.60}", value)
     return config
 
 
@@ -242,6 +262,8 @@ def _read_toml(path: Path) -> dict[str, Any]:
         raise ConfigError(f"cannot read config file {path}: {exc}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path} is not valid TOML: {exc}") from None
+    except ValueError as exc:  # an integer of more than 4,300 digits, which Python refuses
+        raise ConfigError(f"{path} holds a value this reader refuses: {exc}") from None
 
 
 def load_toml(path: str | Path, base: Config | None = None) -> Config:

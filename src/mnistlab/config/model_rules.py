@@ -2,8 +2,8 @@
 
 The model registry (``mnistlab.models.registry``) maps a name to the builder of its stages; this
 table holds the other half of a registration that ``validate`` needs before anything is allocated:
-which ``model.hidden`` values make sense and how many parameters the model will have (for the
-memory check). It sits in ``config`` because ``config`` may import nothing above it; the registry
+which ``model.hidden`` values make sense, how many parameters the model will have and how large
+its layers' outputs are (for the memory check). It sits in ``config`` because ``config`` may import nothing above it; the registry
 refuses, at import, a model registered in one table and not the other. Adding a model: see
 ``docs/architecture.md``.
 """
@@ -11,7 +11,7 @@ refuses, at import, a model registered in one table and not the other. Adding a 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from mnistlab.config.schema import INPUT_SHAPE, ModelConfig
 
@@ -29,6 +29,10 @@ class ModelRules:
     batch_statistics: bool = False
     """The model normalises with statistics of the batch (batch norm): it trains in one process
     (splitting a batch across ranks or into micro-batches would change its arithmetic)."""
+    activations: Callable[[ModelConfig, Shape, int], list[int]] = field(kw_only=True)
+    """Numbers one image makes on its way through the model, one entry per layer output in
+    order (a convolution, its ReLU, its pooling, ...; the logits and their log-softmax last):
+    what the memory check counts per example of a batch."""
 
 
 def _dense_count(widths: tuple[int, ...], inputs: int, classes: int) -> int:
@@ -42,6 +46,20 @@ def _dense_count(widths: tuple[int, ...], inputs: int, classes: int) -> int:
 def _inputs(shape: Shape) -> int:
     c, h, w = shape
     return c * h * w
+
+
+def _dense_outputs(widths: tuple[int, ...], classes: int) -> list[int]:
+    """Each hidden layer's linear output and its ReLU, then the logits and their log-softmax."""
+    return [size for width in widths for size in (width, width)] + [classes, classes]
+
+
+def _lenet_outputs(model: ModelConfig, shape: Shape, classes: int) -> list[int]:
+    c, h, w = shape
+    fc = model.hidden[0]
+    conv1 = [32 * h * w, 32 * h * w, 32 * (h // 2) * (w // 2)]  # convolution, ReLU, pooling
+    conv2 = [64 * (h // 2) * (w // 2)] * 2 + [64 * (h // 4) * (w // 4)]
+    dense = [fc, fc] + ([fc] if model.dropout > 0 else [])
+    return conv1 + conv2 + dense + [classes, classes]
 
 
 def _lenet_count(model: ModelConfig, shape: Shape, classes: int) -> int:
@@ -63,6 +81,17 @@ def cnn_features(widths: tuple[int, ...], shape: Shape) -> int:
     return widths[-1] * _cnn_side(h, len(widths)) * _cnn_side(w, len(widths))
 
 
+def _cnn_outputs(model: ModelConfig, shape: Shape, classes: int) -> list[int]:
+    c, h, w = shape
+    sizes = [c * h * w]  # the channels-last copy of the input
+    for width in model.hidden:  # convolution, batch norm, ReLU (unpadded 5x5), then pooling
+        h, w = h - 4, w - 4
+        sizes += [width * h * w] * 3
+        h, w = h // 2, w // 2
+        sizes.append(width * h * w)
+    return sizes + [classes, classes]
+
+
 def _cnn_count(model: ModelConfig, shape: Shape, classes: int) -> int:
     total, c = 0, shape[0]
     for width in model.hidden:
@@ -74,11 +103,16 @@ def _cnn_count(model: ModelConfig, shape: Shape, classes: int) -> int:
 MODEL_RULES: dict[str, ModelRules] = {
     rules.name: rules
     for rules in (
-        ModelRules("softmax", lambda m, s, k: _dense_count((), _inputs(s), k)),
+        ModelRules(
+            "softmax",
+            lambda m, s, k: _dense_count((), _inputs(s), k),
+            activations=lambda m, s, k: _dense_outputs((), k),
+        ),
         ModelRules(
             "mlp",
             lambda m, s, k: _dense_count(m.hidden, _inputs(s), k),
             lambda h: None if h else "must name at least one layer for the MLP (e.g. 500)",
+            activations=lambda m, s, k: _dense_outputs(m.hidden, k),
         ),
         ModelRules(
             "lenet",
@@ -86,6 +120,7 @@ MODEL_RULES: dict[str, ModelRules] = {
             lambda h: (
                 None if len(h) == 1 else f"for lenet is the size of its one dense layer; got {h}"
             ),
+            activations=_lenet_outputs,
         ),
         ModelRules(
             "cnn",
@@ -96,6 +131,7 @@ MODEL_RULES: dict[str, ModelRules] = {
                 else f"for cnn is the widths of its one or two convolution blocks; got {h}"
             ),
             batch_statistics=True,
+            activations=_cnn_outputs,
         ),
     )
 }
@@ -106,3 +142,10 @@ def parameter_count(
 ) -> int:
     """How many parameters ``models.build_model`` makes for ``model`` (without allocating)."""
     return MODEL_RULES[model.name].parameter_count(model, input_shape, num_classes)
+
+
+def layer_outputs(
+    model: ModelConfig, num_classes: int = 10, input_shape: Shape = INPUT_SHAPE
+) -> list[int]:
+    """Numbers one image makes in each layer of ``model``, in order (``ModelRules.activations``)."""
+    return MODEL_RULES[model.name].activations(model, input_shape, num_classes)

@@ -7,6 +7,8 @@ resolved tree is saved into every checkpoint and into TensorBoard's hparams.
 
 from __future__ import annotations
 
+import functools
+import typing
 from dataclasses import dataclass, field
 
 INPUT_SHAPE = (1, 28, 28)
@@ -140,3 +142,10 @@ SECTIONS: dict[str, type] = {
     "checkpoint": CheckpointConfig,
     "tracking": TrackingConfig,
 }
+
+
+@functools.cache
+def field_types(section: str) -> dict[str, typing.Any]:
+    """``{key: type}`` of a section's settings (resolved once: ``typing.get_type_hints`` takes
+    about a millisecond, and a config is read setting by setting)."""
+    return typing.get_type_hints(SECTIONS[section])

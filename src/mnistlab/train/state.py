@@ -16,7 +16,9 @@ import torch
 
 from mnistlab.config import Config, to_dict
 from mnistlab.data import Batcher, Split, Splits
+from mnistlab.errors import CheckpointError
 from mnistlab.io.callbacks import Callback
+from mnistlab.io.checkpoint.trust import num_classes
 from mnistlab.models import build_model
 from mnistlab.parallel import Strategy
 from mnistlab.parallel.device import resolve_device, set_tf32
@@ -162,6 +164,14 @@ class Run:
 
     @torch.no_grad()
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue from ``state``, a ``Run.state_dict()`` that ``load_checkpoint`` checked."""
+        saved_classes = num_classes(state["model"])
+        if saved_classes != self.data.num_classes:
+            raise CheckpointError(
+                f"cannot resume: the checkpoint's model tells {saved_classes} classes apart but "
+                f"{self.data.name} has {self.data.num_classes}; resume with the data the run "
+                "was trained on"
+            )
         self.step = int(state["step"])
         if not self.config.train.threads and state.get("threads"):
             torch.set_num_threads(min(int(state["threads"]), cpu_threads()))
@@ -178,12 +188,20 @@ class Run:
             ):
                 shadow.copy_(saved)
         self.strategy.load_optimizer_state(state["optimizer"])
-        self.batcher.load_state_dict(state["data"])
+        try:
+            self.batcher.load_state_dict(state["data"])
+        except ValueError as exc:  # the saved order is for another dataset or split
+            raise CheckpointError(
+                f"cannot resume: {exc}; resume with the data the run was trained on"
+            ) from None
         rng = state.get("rng", {})
         if "torch" in rng:
             torch.set_rng_state(rng["torch"])
         if rng.get("cuda") and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(rng["cuda"])
+            # One state a device: a run saved on more devices than this machine has restores
+            # the ones it has (a device without a saved state keeps its own).
+            for index, saved in enumerate(rng["cuda"][: torch.cuda.device_count()]):
+                torch.cuda.set_rng_state(saved, index)
         if rng.get("numpy") is not None:
             _set_numpy_rng_state(rng["numpy"])
         metrics = state.get("metrics", {})

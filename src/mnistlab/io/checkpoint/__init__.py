@@ -1,6 +1,8 @@
 """Checkpoints, along their seams: the file format (``fileformat.py``: written atomically,
-self-checking, read without pickles), finding them (``find.py``: run folders, ``RUN:best``,
-rebuilding the model) and saving them during training (``callback.py``)."""
+self-checking; format 2 a safetensors file, ``container.py``; format 1 still read, ``legacy.py``),
+what a file may hold (``trust.py``: every value checked before anything is built), finding them
+(``find.py``: run folders, ``RUN:best``, rebuilding the model) and saving them during training
+(``callback.py``)."""
 
 from mnistlab.io.checkpoint.callback import CheckpointCallback
 from mnistlab.io.checkpoint.fileformat import (
@@ -17,11 +19,11 @@ from mnistlab.io.checkpoint.fileformat import (
 from mnistlab.io.checkpoint.find import (
     checkpoint_folder,
     load_model,
-    num_classes,
     resolve_checkpoint,
     saved_weights,
     step_checkpoints,
 )
+from mnistlab.io.checkpoint.trust import num_classes
 
 __all__ = [
     "BEST_NAME",

@@ -21,6 +21,7 @@ from mnistlab.io.checkpoint.fileformat import (
     Checkpoint,
     load_checkpoint,
 )
+from mnistlab.io.checkpoint.trust import num_classes
 from mnistlab.models import StagedModel, build_model
 
 
@@ -74,15 +75,6 @@ def resolve_checkpoint(spec: str | Path) -> Path:
     )
 
 
-def num_classes(tensors: dict[str, torch.Tensor]) -> int | None:
-    """Classes of a saved model: the rows of its ``logits`` stage's weight (``logits.weight``, or
-    ``logits.linear.weight`` where the stage also flattens); ``None`` if it has none."""
-    for name, tensor in tensors.items():
-        if name.startswith("logits.") and name.endswith("weight") and tensor.ndim == 2:
-            return int(tensor.shape[0])
-    return None
-
-
 def saved_weights(state: dict[str, Any], *, use_ema: bool = True) -> dict[str, torch.Tensor]:
     """A model's tensors from a saved ``Run.state_dict()``, ready for ``load_state_dict``: the
     moving average's shadows (``use_ema``, when the run kept them) or the raw parameters, with
@@ -97,8 +89,10 @@ def load_model(
 ) -> tuple[StagedModel, Checkpoint]:
     """The model saved in a checkpoint, rebuilt from its config for images of ``input_shape`` (every
     registered dataset's is the default), in eval mode on the CPU. EMA shadows by default (what the
-    classic programs evaluate); raw parameters if ``use_ema`` is off or the run kept no average."""
-    ckpt = load_checkpoint(resolve_checkpoint(spec))
+    classic programs evaluate); raw parameters if ``use_ema`` is off or the run kept no average.
+    Everything in the file is checked before the model is built (``trust.check_state``), so
+    what is built is the size the file's own tensors are."""
+    ckpt = load_checkpoint(resolve_checkpoint(spec), input_shape=input_shape)
     state = ckpt.state
     tensors = saved_weights(state, use_ema=use_ema)
     config = ckpt.config
