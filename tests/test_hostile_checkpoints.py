@@ -168,10 +168,11 @@ def test_a_data_order_for_other_data_is_refused_on_resume(state, tmp_path, capsy
     other = copy.deepcopy(state)
     other["data"] = {**other["data"], "num_examples": 3499, "perm": torch.randperm(3499)}
     path = forge(tmp_path / "step-000004.pt", other)
-    monkeypatch.chdir(tmp_path)  # a refused resume of a loose file still opens runs/<date>/
+    monkeypatch.chdir(tmp_path)
     assert main(["train", "--resume", str(path), "--quiet"]) == CheckpointError.exit_code
     err = capsys.readouterr().err
     assert "covers 3499 examples, this dataset has 3500" in err and "Traceback" not in err
+    assert not any((tmp_path / "runs").glob("*"))  # the refused start left no run folder
 
 
 def test_a_saved_thread_count_of_another_machine_still_loads(state, tmp_path):
@@ -238,7 +239,8 @@ def test_a_model_of_other_classes_than_its_data(state, tmp_path, capsys, monkeyp
     assert load_model(path)[0].logits.weight.shape == (12, 4)  # a valid 12-class model
     assert main(["eval", str(path)]) == CheckpointError.exit_code
     one_line(capsys.readouterr().err, path)
-    monkeypatch.chdir(tmp_path)  # a refused resume of a loose file still opens runs/<date>/
+    monkeypatch.chdir(tmp_path)
     assert main(["train", "--resume", str(path), "--quiet"]) == CheckpointError.exit_code
     err = capsys.readouterr().err
     assert "tells 12 classes apart but mnist-sample has 10" in err and "Traceback" not in err
+    assert not any((tmp_path / "runs").glob("*"))  # the refused start left no run folder

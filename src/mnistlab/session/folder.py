@@ -136,6 +136,7 @@ def claim(
     If the block fails before the run wrote anything, the folder is left as it was found."""
     existed = path.is_dir()
     had_lock = (path / LOCK_NAME).exists()
+    held_a_run = bool(run_contents(path))
     with _locked(path, create=True):
         try:
             if existed:
@@ -144,17 +145,21 @@ def claim(
                 )
                 if overwrite and not resuming:
                     clear_run(path)
+                    held_a_run = False
             yield
         except BaseException:
-            if not run_contents(path):
+            if not held_a_run and run_contents(path) in ([], [CONFIG_NAME]):
                 _leave_no_trace(path, remove_lock=not had_lock, remove_folder=not existed)
             raise
 
 
 def _leave_no_trace(path: Path, *, remove_lock: bool, remove_folder: bool) -> None:
-    """After a failed start: the lock file this claim made, and the folder if it made it and
-    nothing else is in it (never anything a person put there)."""
+    """After a start that failed before the run recorded anything (no checkpoint, metric or
+    event; at most the settings it had just saved): that ``config.toml``, the lock file this
+    claim made, and the folder if it made it and nothing else is in it (never anything a person
+    put there)."""
     with contextlib.suppress(OSError):
+        (path / CONFIG_NAME).unlink(missing_ok=True)
         if remove_lock:
             (path / LOCK_NAME).unlink()
         if remove_folder:
