@@ -3,6 +3,8 @@
 Starts ``mnistlab serve`` as a user would (a separate process on 127.0.0.1, a free port) and
 measures, from this process:
 
+0. one model read in this process, no HTTP, with and without its explanation, on one torch
+   thread (the server's choice) and on torch's default of one per core;
 1. one client on one keep-alive connection: latency of ``POST /api/predict`` (the page's canvas
    PNG, and a 28x28 JSON array) and of ``POST /api/compare?explain=1`` (what the page sends while
    you draw): p50, p95, max (target: p50 under 5 ms);
@@ -269,6 +271,33 @@ def shutdown_with_uploads(model: str, uploads: int) -> dict[str, Any]:
     return {"uploads": uploads, "cut": cut, "exit_s": round(seconds, 2)}
 
 
+def in_process_reads(model: str, digit: np.ndarray) -> dict[str, Any]:
+    """One model read in this process (no HTTP), with and without its explanation, on one
+    torch thread (what the server uses) and on one per core (torch's default): ms, best of 5."""
+    import timeit
+
+    import torch
+
+    import mnistlab
+    from mnistlab.apps.serve.reading import Reader
+
+    reader = Reader(mnistlab.load(model), "bench")
+    default = torch.get_num_threads()
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    out: dict[str, Any] = {}
+    try:
+        for threads in sorted({1, cores or 1}):
+            torch.set_num_threads(threads)
+            for explain in (False, True):
+                runs = timeit.repeat(
+                    lambda e=explain: reader.read(digit, explain=e), number=50, repeat=5
+                )
+                out[f"threads={threads} explain={explain}"] = round(min(runs) / 50 * 1000, 2)
+    finally:
+        torch.set_num_threads(default)
+    return out
+
+
 def small_model(folder: Path) -> str:
     import mnistlab
 
@@ -312,6 +341,9 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         model = args.model or small_model(Path(tmp))
         results: dict[str, Any] = {"machine": before, "model": args.model or "seed-mlp, 300 steps"}
+        reads = in_process_reads(model, digit)
+        results["in_process_read_ms"] = reads
+        print("one read in-process (ms): " + ", ".join(f"{k} {v}" for k, v in reads.items()))
         served = Served(
             model,
             "--idle-timeout", str(IDLE_TIMEOUT),
