@@ -90,6 +90,12 @@ function showWhy(card, reading, image) {   // the digit dimmed, tinted by each p
   canvasWhy.putImageData(img, 0, 0);
   const units = card.querySelector(".units");
   units.innerHTML = "";
+  if ((reading.units || []).length) {
+    const title = document.createElement("p");
+    title.className = "units-title";
+    title.textContent = "Most active hidden units: the pattern each responds to, its activation";
+    units.appendChild(title);
+  }
   for (const unit of reading.units || []) {
     const fig = document.createElement("figure");
     const tile = document.createElement("canvas");
