@@ -326,7 +326,7 @@ def browser():
         "--no-sandbox",
         "--disable-dev-shm-usage",
         "--disable-gpu",
-        "--window-size=1100,760",
+        "--window-size=1100,900",
         "--force-device-scale-factor=1",
     ):
         options.add_argument(flag)

@@ -313,6 +313,25 @@ def test_a_broken_model_does_not_hide_the_others_when_comparing(live):
     assert len(readings[0]["units"]) > 0 and "units" not in readings[1]  # the MLP's hidden units
 
 
+def test_explaining_leaves_the_model_alone():
+    """An explanation needs gradients for the input and a hidden layer, never for the weights:
+    none may pile up in the model, whatever the number of requests at once."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import torch
+
+    from mnistlab.apps.serve.reading import Reader
+
+    reader = Reader(_model("seed-mlp"), "mlp")
+    weights = [p.detach().clone() for p in reader.module.parameters()]
+    first = reader.read(DIGIT, explain=True)
+    with ThreadPoolExecutor(8) as pool:
+        again = list(pool.map(lambda _: reader.read(DIGIT, explain=True), range(16)))
+    assert all(reading == first for reading in again)
+    assert all(p.grad is None for p in reader.module.parameters())
+    assert all(torch.equal(a, b) for a, b in zip(weights, reader.module.parameters(), strict=True))
+
+
 # -- connections -----------------------------------------------------------------------------------
 def test_accepted_connections_have_tcp_nodelay(live):
     """Without TCP_NODELAY every keep-alive response after the first waits ~40 ms for the

@@ -3,7 +3,7 @@ and for an MLP the hidden units most active for this drawing.
 
 "Why" is gradient x input on the 28x28 the model sees: for each pixel, how much the winning
 class's logit would change per unit of ink there, times the ink there. Positive pixels argue for
-the answer, negative ones against. It costs one backward pass, so it is computed only when asked
+the answer, negative ones against. It costs a backward pass, so it is computed only when asked
 (``explain``). For an MLP the first hidden layer's units are ranked by activation; each comes with
 its weights (the 28x28 pattern it responds to) and its push toward the answer (activation x the
 gradient of the winning logit with respect to it). Maps are sent as integers in -100..100 (scaled
@@ -120,18 +120,19 @@ class Reader:
                 h = stage(h)
                 if wants_units and name == HIDDEN_STAGE:
                     hidden = h
-                    hidden.retain_grad()
             probs = self._probabilities(h)
             label = int(probs.argmax())
-            h[0, label].backward()
-        assert x.grad is not None
-        saliency = (x.grad * x).detach().cpu().numpy().reshape(28, 28)
+            # Gradients for the input and the hidden layer only: backward() would also compute
+            # and accumulate the weights' gradients, on every request, from every thread at once.
+            wrt = [x] if hidden is None else [x, hidden]
+            grads = torch.autograd.grad(h[0, label], wrt)
+        saliency = (grads[0] * x).detach().cpu().numpy().reshape(28, 28)
         if not np.isfinite(saliency).all():
             raise ModelOutputError(f"{self.name}: the explanation for this drawing is not finite")
         answer = self._answer(probs)
         answer["why"] = _scaled(saliency)
-        if hidden is not None and hidden.grad is not None:
-            answer["units"] = self._units(hidden, hidden.grad)
+        if hidden is not None:
+            answer["units"] = self._units(hidden, grads[1])
         return answer
 
     def _probabilities(self, logits: torch.Tensor) -> np.ndarray:
