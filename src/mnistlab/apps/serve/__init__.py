@@ -140,9 +140,8 @@ def run_serve(args: argparse.Namespace) -> int:
         max_connections=args.max_connections,
     )
     wanted.check()
-    # One torch thread: these models are too small to split across cores, and intra-op threads
-    # that spin beside the request threads cost more than they give (a read with its explanation
-    # took 2-5x longer on two threads than on one on 2 shared cores; benchmarks/serve.py, phase 0).
+    # One torch thread per read: requests already run side by side in the thread pool, and one
+    # read is too small to split across cores (benchmarks/serve.py, phase 0, times both).
     torch.set_num_threads(1)
     readers = load_models(args.models, raw_weights=args.raw_weights)
     cap, note = connection_cap(wanted.max_connections)
