@@ -7,7 +7,8 @@ measures, from this process:
    thread (the server's choice) and on torch's default of one per core;
 1. one client on one keep-alive connection: latency of ``POST /api/predict`` (the page's canvas
    PNG, and a 28x28 JSON array) and of ``POST /api/compare?explain=1`` (what the page sends while
-   you draw): p50, p95, max (target: p50 under 5 ms);
+   you draw): p50, p95, max (target: p50 under 5 ms), and the server's CPU time per request
+   (user + system, from /proc), which other jobs on the machine hardly change;
 2. 64 clients at once, each on its own keep-alive connection: throughput, latency and failed
    requests (target: none);
 3. idle connections: all closed by the server after its idle timeout, and how long it took;
@@ -112,12 +113,25 @@ class Served:
         return time.monotonic() - started
 
 
-def one_client(port: int, path: str, body: bytes, kind: str, n: int) -> dict[str, Any]:
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time a process has used so far (Linux /proc; 0 elsewhere)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def one_client(port: int, path: str, body: bytes, kind: str, n: int, pid: int) -> dict[str, Any]:
+    """``n`` requests on one keep-alive connection; latency seen by the client, and the server's
+    CPU time per request (which the other jobs on the machine hardly change)."""
     conn = http.client.HTTPConnection(HOST, port, timeout=30)
     conn.connect()
     conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    times, failed = [], 0
+    times, failed, cpu = [], 0, 0.0
     for i in range(n + 20):  # the first 20 warm up
+        if i == 20:
+            cpu = cpu_seconds(pid)
         started = time.perf_counter()
         conn.request("POST", path, body, {"Content-Type": kind})
         reply = conn.getresponse()
@@ -125,8 +139,14 @@ def one_client(port: int, path: str, body: bytes, kind: str, n: int) -> dict[str
         if i >= 20:
             times.append(time.perf_counter() - started)
             failed += reply.status != 200
+    cpu = cpu_seconds(pid) - cpu
     conn.close()
-    return {"requests": n, "failed": failed, **percentiles(times)}
+    return {
+        "requests": n,
+        "failed": failed,
+        **percentiles(times),
+        "server_cpu_ms": round(1000 * cpu / n, 2),
+    }
 
 
 async def _client(port: int, request: bytes, n: int, times: list[float]) -> int:
@@ -350,19 +370,22 @@ def main() -> int:
             "--max-connections", str(CAP),
         )  # fmt: skip
         try:
-            port = served.port
+            port, pid = served.port, served.proc.pid
             results["one_client"] = {
-                "png": one_client(port, "/api/predict", png, "image/png", args.requests),
-                "json": one_client(port, "/api/predict", array, "application/json", args.requests),
+                "png": one_client(port, "/api/predict", png, "image/png", args.requests, pid),
+                "json": one_client(
+                    port, "/api/predict", array, "application/json", args.requests, pid
+                ),
                 "explain": one_client(
-                    port, "/api/compare?explain=1", png, "image/png", args.requests // 2
+                    port, "/api/compare?explain=1", png, "image/png", args.requests // 2, pid
                 ),
             }
             for name, figures in results["one_client"].items():
                 print(
                     f"1 client, keep-alive, {name:7s}: p50 {figures['p50_ms']:6.2f} ms  "
                     f"p95 {figures['p95_ms']:6.2f} ms  max {figures['max_ms']:7.2f} ms  "
-                    f"failed {figures['failed']}/{figures['requests']}"
+                    f"failed {figures['failed']}/{figures['requests']}  "
+                    f"server CPU {figures['server_cpu_ms']:.2f} ms/request"
                 )
             many = many_clients(port, png, "image/png", args.clients, args.each)
             results["many_clients"] = many

@@ -89,11 +89,6 @@ def create_app(models: Any | Sequence[Any], *, max_body: int = MAX_BODY) -> Any:
             chunks.append(chunk)
         return b"".join(chunks)
 
-    async def digit_of(request: Request) -> np.ndarray:
-        body = await read_body(request)
-        kind = request.headers.get("content-type", "")
-        return await run_in_threadpool(digit_from_request, kind, body)
-
     def which(request: Request) -> Reader:
         text = request.query_params.get("model", "0")
         if not text.isdigit() or int(text) >= len(readers):
@@ -102,29 +97,37 @@ def create_app(models: Any | Sequence[Any], *, max_body: int = MAX_BODY) -> Any:
             )
         return readers[int(text)]
 
+    def seen(digit: np.ndarray) -> list[Any]:
+        return np.round(digit, 3).tolist()
+
+    # Decoding, preprocessing and the models run in one trip to a worker thread per request: on
+    # busy cores every hand-over between threads waits for the scheduler.
     async def predict(request: Request) -> Response:
         reader, explain = which(request), _flag(request, "explain")
-        digit = await digit_of(request)
-        reading = await run_in_threadpool(reader.read, digit, explain=explain)
-        return JSONResponse(reading | {"image": np.round(digit, 3).tolist()})
+        body, kind = await read_body(request), request.headers.get("content-type", "")
+
+        def work() -> dict[str, Any]:
+            digit = digit_from_request(kind, body)
+            return reader.read(digit, explain=explain) | {"image": seen(digit)}
+
+        return JSONResponse(await run_in_threadpool(work))
 
     async def compare(request: Request) -> Response:
         explain = _flag(request, "explain")
-        digit = await digit_of(request)
+        body, kind = await read_body(request), request.headers.get("content-type", "")
 
-        def read_all() -> list[dict[str, Any]]:
-            out = []
+        def work() -> dict[str, Any]:
+            digit = digit_from_request(kind, body)
+            readings = []
             for i, reader in enumerate(readers):
                 try:
-                    out.append(
-                        {"model": i, "name": reader.name} | reader.read(digit, explain=explain)
-                    )
+                    reading = reader.read(digit, explain=explain)
                 except ModelOutputError as exc:  # one broken model must not hide the others
-                    out.append({"model": i, "name": reader.name, "error": str(exc)})
-            return out
+                    reading = {"error": str(exc)}
+                readings.append({"model": i, "name": reader.name} | reading)
+            return {"image": seen(digit), "readings": readings}
 
-        readings = await run_in_threadpool(read_all)
-        return JSONResponse({"image": np.round(digit, 3).tolist(), "readings": readings})
+        return JSONResponse(await run_in_threadpool(work))
 
     async def model_info(request: Request) -> Response:
         return JSONResponse(info)
