@@ -79,8 +79,19 @@ class Server:
 
 
 @pytest.fixture(scope="module")
-def server(run_dir):
-    s = Server(str(run_dir), "--port", "0")
+def softmax_dir(tmp_path_factory) -> Path:
+    """A second model to compare with: seed-softmax, 300 steps on the sample (~90%; a second)."""
+    import mnistlab
+
+    folder = tmp_path_factory.mktemp("serve-softmax") / "softmax"
+    mnistlab.train("seed-softmax", steps=300, dataset="mnist-sample", device="cpu", run_dir=folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def server(run_dir, softmax_dir):
+    """``mnistlab serve MLP SOFTMAX``: the page compares the two."""
+    s = Server(str(run_dir), str(softmax_dir), "--port", "0")
     yield s
     if s.proc.poll() is None:
         s.stop()
@@ -112,6 +123,10 @@ def test_predict_endpoint_answers_png_and_json(server, sample_splits):
         assert info["preset"] == "seed-mlp" and info["dataset"] == "mnist-sample"
         assert info["steps"] == 800 and info["test_accuracy"] > 0.85
         assert info["class_names"] == [str(i) for i in range(10)]
+        assert [m["preset"] for m in info["models"]] == ["seed-mlp", "seed-softmax"]
+        assert [m["name"] for m in info["models"]] == ["run", "softmax"]
+        icon = client.get("/favicon.ico")
+        assert icon.status_code == 200 and icon.headers["content-type"] == "image/svg+xml"
 
         r = client.post("/api/predict", content=_png(), headers={"content-type": "image/png"})
         assert r.status_code == 200, r.text
@@ -311,7 +326,7 @@ def browser():
         "--no-sandbox",
         "--disable-dev-shm-usage",
         "--disable-gpu",
-        "--window-size=1100,760",
+        "--window-size=1100,900",
         "--force-device-scale-factor=1",
     ):
         options.add_argument(flag)
@@ -321,51 +336,223 @@ def browser():
     driver.quit()
 
 
+def _offsets(canvas, path: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Selenium offsets (from the canvas's centre) of 28x28 pixel coordinates."""
+    size = canvas.size["width"]
+    scale = size / 28
+    return [
+        (round((x + 0.5) * scale - size / 2), round((y + 0.5) * scale - size / 2)) for x, y in path
+    ]
+
+
 def _draw(driver, canvas, paths: list[list[tuple[int, int]]]) -> None:
     """Draw ``paths`` (28x28 pixel coordinates) on the canvas with real mouse events."""
     from selenium.webdriver.common.action_chains import ActionChains
 
-    size = canvas.size["width"]
-    scale = size / 28
-
-    def offset(p: tuple[int, int]) -> tuple[int, int]:  # Selenium offsets from the centre
-        return round((p[0] + 0.5) * scale - size / 2), round((p[1] + 0.5) * scale - size / 2)
-
     actions = ActionChains(driver, duration=5)
     for path in paths:
-        actions.move_to_element_with_offset(canvas, *offset(path[0])).click_and_hold()
-        for p in path[1:]:
-            actions.move_to_element_with_offset(canvas, *offset(p))
+        points = _offsets(canvas, path)
+        actions.move_to_element_with_offset(canvas, *points[0]).click_and_hold()
+        for p in points[1:]:
+            actions.move_to_element_with_offset(canvas, *p)
         actions.release()
     actions.perform()
 
 
+READING = """
+  if (window.mnistlab.shown() !== window.mnistlab.version()) return null;
+  const message = document.getElementById('message');
+  const cards = [...document.querySelectorAll('#readings .reading')].map((card) => {
+    const bars = [...card.querySelectorAll('.bars li')];
+    const why = card.querySelector('.why-map');
+    const d = why.getContext('2d').getImageData(0, 0, 28, 28).data;
+    let tinted = 0;
+    for (let i = 0; i < d.length; i += 4) if (d[i] !== d[i + 1] || d[i + 1] !== d[i + 2]) tinted++;
+    return {name: card.querySelector('.name').textContent,
+            label: card.querySelector('.prediction').dataset.label ?? null,
+            shown: card.querySelector('.digit').textContent,
+            p: bars.map((b) => Number(b.dataset.p)),
+            pct: bars.map((b) => b.querySelector('.pct').textContent),
+            why: card.querySelector('.why').hidden ? 0 : tinted,
+            units: card.querySelectorAll('.units canvas').length};
+  });
+  return {version: window.mnistlab.version(), message: message.textContent,
+          notDigit: message.classList.contains('no-digit'),
+          hint: !document.getElementById('empty-hint').hidden, cards};
+"""
+
+
 def _wait_for_reading(driver) -> dict:
-    """The page's reading once it answers the latest drawing."""
+    """The page's readings once they answer the latest drawing."""
     from selenium.webdriver.support.ui import WebDriverWait
 
-    script = """
-      const el = document.getElementById('prediction');
-      if (el.dataset.version !== String(window.mnistlab.version())) return null;
-      const bars = [...document.querySelectorAll('#bars li')];
-      return {label: el.dataset.label, shown: document.getElementById('digit').textContent,
-              p: bars.map(b => Number(b.dataset.p)),
-              pct: bars.map(b => b.querySelector('.pct').textContent),
-              message: document.getElementById('message').textContent};
-    """
-    return WebDriverWait(driver, 15, poll_frequency=0.05).until(lambda d: d.execute_script(script))
+    return WebDriverWait(driver, 15, poll_frequency=0.05).until(lambda d: d.execute_script(READING))
 
 
-@pytest.mark.slow
-def test_page_reads_digits_drawn_in_chromium(browser, server, sample_splits, tmp_path):
+def _ink(driver) -> int:
+    return driver.execute_script(
+        "const c = document.getElementById('canvas');"
+        "const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;"
+        "let n = 0; for (let i = 0; i < d.length; i += 4) if (d[i] < 128) n++; return n;"
+    )
+
+
+def _open(browser, server) -> None:
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
     browser.get(server.url + "/")
     WebDriverWait(browser, 15).until(
-        lambda d: "seed-mlp" in d.find_element(By.ID, "model-info").text
+        lambda d: len(d.find_elements(By.CSS_SELECTOR, "#readings .reading")) == 2
     )
-    assert "test accuracy" in browser.find_element(By.ID, "model-info").text
+
+
+def _drop(browser, png: bytes) -> None:
+    """Drop an image file on the canvas, as a person dragging one from their files."""
+    browser.execute_script(
+        """
+        const bytes = Uint8Array.from(atob(arguments[0]), (c) => c.charCodeAt(0));
+        const drop = new DataTransfer();
+        drop.items.add(new File([bytes], "digit.png", {type: "image/png"}));
+        document.getElementById("canvas").dispatchEvent(
+            new DragEvent("drop", {dataTransfer: drop, bubbles: true, cancelable: true}));
+        """,
+        base64.b64encode(png).decode(),
+    )
+
+
+def test_page_reads_while_a_stroke_is_still_being_drawn(browser, server, sample_splits):
+    """The bars follow the pen: readings arrive during one long stroke, before it ends."""
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+
+    _open(browser, server)
+    canvas = browser.find_element(By.ID, "canvas")
+    assert _wait_for_reading(browser)["hint"]  # an empty canvas says what to do
+    path = max(strokes(sample_splits.test.images[1].reshape(28, 28).numpy()), key=len)
+    points = _offsets(canvas, path)
+    points = (points * (40 // len(points) + 1))[:40]  # about 2 s of drawing, back and forth
+    actions = ActionChains(browser, duration=50)
+    actions.move_to_element_with_offset(canvas, *points[0]).click_and_hold()
+    for p in points[1:]:
+        actions.move_to_element_with_offset(canvas, *p)
+    actions.perform()  # the pen is still down
+    during = browser.execute_script("return window.mnistlab.whileDrawing()")
+    ActionChains(browser).release().perform()
+    assert during >= 2, f"{during} readings while the stroke was drawn"
+    reading = _wait_for_reading(browser)
+    assert not reading["hint"] and all(c["label"] is not None for c in reading["cards"])
+
+
+def test_undo_eraser_brush_and_not_a_digit(browser, server, sample_splits):
+    from selenium.webdriver.common.by import By
+
+    _open(browser, server)
+    canvas = browser.find_element(By.ID, "canvas")
+    paths = strokes(sample_splits.test.images[0].reshape(28, 28).numpy())
+    _draw(browser, canvas, paths[:1])
+    first = _wait_for_reading(browser)
+    one_stroke = _ink(browser)
+    _draw(browser, canvas, [[(4, 4), (24, 24)]])
+    assert _ink(browser) > one_stroke
+    browser.find_element(By.ID, "undo").click()
+    assert _ink(browser) == one_stroke  # the diagonal is gone, the first stroke kept
+    assert _wait_for_reading(browser)["cards"] == first["cards"]
+    browser.find_element(By.ID, "undo").click()
+    empty = _wait_for_reading(browser)
+    assert _ink(browser) == 0 and empty["hint"]
+    assert all(c["label"] is None and c["shown"] == "–" for c in empty["cards"])
+    assert browser.find_element(By.ID, "undo").get_attribute("disabled")
+
+    size = browser.find_element(By.ID, "size")  # brush size: a dot twice as wide, 4x the ink
+    browser.execute_script(
+        "arguments[0].value = 10; arguments[0].dispatchEvent(new Event('input'))", size
+    )
+    _draw(browser, canvas, [[(14, 14)]])
+    small = _ink(browser)
+    browser.find_element(By.ID, "clear").click()
+    browser.execute_script(
+        "arguments[0].value = 20; arguments[0].dispatchEvent(new Event('input'))", size
+    )
+    _draw(browser, canvas, [[(14, 14)]])
+    assert 3 * small < _ink(browser) < 5 * small
+
+    browser.find_element(By.ID, "eraser").click()  # erase it all: the page says what to do again
+    browser.execute_script(
+        "arguments[0].value = 44; arguments[0].dispatchEvent(new Event('input'))", size
+    )
+    _draw(browser, canvas, [[(10, 10), (18, 10), (18, 18), (10, 18), (10, 10), (14, 14)]])
+    erased = _wait_for_reading(browser)
+    assert _ink(browser) == 0 and erased["hint"] and not erased["message"]
+    browser.find_element(By.ID, "pen").click()
+
+    from PIL import Image  # a blank picture: "not a digit", never a guess
+
+    buffer = io.BytesIO()
+    Image.new("L", (80, 80), 255).save(buffer, format="PNG")
+    _drop(browser, buffer.getvalue())
+    refused = _wait_for_reading(browser)
+    assert refused["notDigit"] and refused["message"].startswith("Not a digit")
+    assert all(c["label"] is None and c["shown"] == "–" for c in refused["cards"])
+
+
+def test_two_models_answer_side_by_side_with_why(browser, server, sample_splits):
+    from selenium.webdriver.common.by import By
+
+    _open(browser, server)
+    assert browser.find_element(By.CSS_SELECTOR, "link[rel=icon]").get_attribute("href")
+    canvas = browser.find_element(By.ID, "canvas")
+    _draw(browser, canvas, strokes(sample_splits.test.images[1].reshape(28, 28).numpy()))
+    reading = _wait_for_reading(browser)
+    mlp, softmax = reading["cards"]
+    assert (mlp["name"], softmax["name"]) == ("run", "softmax")
+    for card in (mlp, softmax):
+        assert card["label"] is not None and abs(sum(card["p"]) - 1) < 1e-3
+        assert card["why"] > 20  # the overlay tints the drawn pixels
+    assert mlp["units"] > 0 and softmax["units"] == 0  # the MLP's most active hidden units
+    assert "2 models" in browser.find_element(By.ID, "model-info").text
+
+
+def test_phone_layout_at_320px(browser, server, sample_splits):
+    """At 320x568 (a small phone): no horizontal scroll, the canvas scaled to fit, and each
+    model's digit and bars on the first screen."""
+    from selenium.webdriver.common.by import By
+
+    browser.execute_cdp_cmd(
+        "Emulation.setDeviceMetricsOverride",
+        {"width": 320, "height": 568, "deviceScaleFactor": 2, "mobile": True},
+    )
+    try:
+        _open(browser, server)
+        canvas = browser.find_element(By.ID, "canvas")
+        _draw(browser, canvas, strokes(sample_splits.test.images[1].reshape(28, 28).numpy()))
+        reading = _wait_for_reading(browser)
+        assert all(c["label"] is not None for c in reading["cards"])
+        layout = browser.execute_script(
+            """
+            const box = (el) => el.getBoundingClientRect();
+            const cards = [...document.querySelectorAll('#readings .reading')];
+            return {scroll: document.documentElement.scrollWidth,
+                    width: document.documentElement.clientWidth, height: window.innerHeight,
+                    canvas: box(document.getElementById('canvas')).width,
+                    bottoms: cards.map((c) => Math.max(box(c.querySelector('.digit')).bottom,
+                                                       box(c.querySelector('.bars')).bottom)),
+                    rights: [...document.querySelectorAll('body *')].map((e) => box(e).right)};
+            """
+        )
+    finally:
+        browser.execute_cdp_cmd("Emulation.clearDeviceMetricsOverride", {})
+    assert layout["width"] == 320 and layout["scroll"] <= 320, layout["scroll"]
+    assert max(layout["rights"]) <= 320.5
+    assert 200 <= layout["canvas"] < 290
+    assert max(layout["bottoms"]) <= layout["height"], layout
+
+
+@pytest.mark.slow
+def test_page_reads_digits_drawn_in_chromium(browser, server, sample_splits, tmp_path):
+    from selenium.webdriver.common.by import By
+
+    _open(browser, server)
     canvas = browser.find_element(By.ID, "canvas")
     clear = browser.find_element(By.ID, "clear")
     images = sample_splits.test.images[:24].reshape(-1, 28, 28).numpy()
@@ -376,13 +563,14 @@ def test_page_reads_digits_drawn_in_chromium(browser, server, sample_splits, tmp
         _draw(browser, canvas, strokes(image))
         reading = _wait_for_reading(browser)
         assert not reading["message"], reading["message"]
-        assert reading["shown"] == reading["label"]
-        assert abs(sum(reading["p"]) - 1.0) < 1e-3  # the bars sum to 100%
-        assert abs(sum(float(t.rstrip("%")) for t in reading["pct"]) - 100.0) < 1.0
-        if int(reading["label"]) == label:
+        mlp = reading["cards"][0]
+        assert mlp["shown"] == mlp["label"]
+        assert abs(sum(mlp["p"]) - 1.0) < 1e-3  # the bars sum to 100%
+        assert abs(sum(float(t.rstrip("%")) for t in mlp["pct"]) - 100.0) < 1.0
+        if int(mlp["label"]) == label:
             right += 1
         else:
-            wrong.append((index, label, reading["label"]))
+            wrong.append((index, label, mlp["label"]))
         if index == 1:  # a 3, for the README
             time.sleep(0.3)  # the bars' short transition
             browser.save_screenshot(str(tmp_path / "serve.png"))
@@ -398,26 +586,12 @@ def test_page_reads_digits_drawn_in_chromium(browser, server, sample_splits, tmp
     digit = (255 - images[index] * 255).astype(np.uint8)
     buffer = io.BytesIO()
     Image.fromarray(digit).resize((112, 112)).save(buffer, format="PNG")
-    browser.execute_script(
-        """
-        const bytes = Uint8Array.from(atob(arguments[0]), (c) => c.charCodeAt(0));
-        const drop = new DataTransfer();
-        drop.items.add(new File([bytes], "digit.png", {type: "image/png"}));
-        document.getElementById("canvas").dispatchEvent(
-            new DragEvent("drop", {dataTransfer: drop, bubbles: true, cancelable: true}));
-        """,
-        base64.b64encode(buffer.getvalue()).decode(),
-    )
+    _drop(browser, buffer.getvalue())
     dropped = _wait_for_reading(browser)
-    assert not dropped["message"] and int(dropped["label"]) == labels[index]
+    assert not dropped["message"] and int(dropped["cards"][0]["label"]) == labels[index]
 
     clear.click()
     cleared = _wait_for_reading(browser)
-    assert cleared["label"] is None and cleared["shown"] == "–"
-    assert all(t == "0.0%" for t in cleared["pct"])
-    inked = browser.execute_script(
-        "const c = document.getElementById('canvas');"
-        "const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;"
-        "let n = 0; for (let i = 0; i < d.length; i += 4) if (d[i] < 128) n++; return n;"
-    )
-    assert inked == 0
+    assert cleared["hint"] and all(c["label"] is None for c in cleared["cards"])
+    assert all(t == "0.0%" for t in cleared["cards"][0]["pct"])
+    assert _ink(browser) == 0
