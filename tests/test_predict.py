@@ -22,8 +22,8 @@ import torch
 from PIL import Image
 
 from mnistlab.apps.cli import main
-from mnistlab.apps.predict import image_to_digit, preprocess
 from mnistlab.config import resolve
+from mnistlab.data.images import image_to_digit, preprocess
 from mnistlab.errors import DataError
 from mnistlab.io.checkpoint import CheckpointCallback, load_model
 from mnistlab.train import train

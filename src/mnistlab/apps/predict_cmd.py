@@ -1,6 +1,6 @@
 """``mnistlab predict CKPT IMAGE... [--top K] [--json]``: read digits from real image files.
 
-Each file is preprocessed the way MNIST was made (``apps/predict.py``). A file that cannot be
+Each file is preprocessed the way MNIST was made (``data/images.py``). A file that cannot be
 read gives one error line and the others still run; the exit status is 1 if any failed.
 """
 
@@ -41,19 +41,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.set_defaults(func=run_predict)
 
 
-def class_names(dataset: str, num_classes: int) -> list[str]:
-    from mnistlab.data import get_dataset
-    from mnistlab.errors import DataError
-
-    try:
-        names = list(get_dataset(dataset).class_names)
-    except DataError:
-        names = []
-    return names if len(names) == num_classes else [str(i) for i in range(num_classes)]
-
-
 def run_predict(args: argparse.Namespace) -> int:
-    from mnistlab.apps.predict import image_to_digit
+    from mnistlab.data.images import image_to_digit
+    from mnistlab.data.registry import class_names
     from mnistlab.errors import ConfigError, DataError
     from mnistlab.io.checkpoint import load_model
 

@@ -21,7 +21,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from mnistlab.config.schema import INPUT_SHAPE
-from mnistlab.errors import DataError
+from mnistlab.errors import ImageError, NoDigitError
 
 SIDE = INPUT_SHAPE[1]
 BOX = 20
@@ -40,22 +40,22 @@ def _require_regular_file(path: Path) -> None:
     try:
         mode = os.stat(path).st_mode
     except FileNotFoundError:
-        raise DataError(f"{path}: no such file") from None
+        raise ImageError(f"{path}: no such file") from None
     except OSError as exc:
-        raise DataError(f"{path}: cannot be read ({exc.strerror or exc})") from None
+        raise ImageError(f"{path}: cannot be read ({exc.strerror or exc})") from None
     if stat.S_ISDIR(mode):
-        raise DataError(f"{path}: is a folder, not an image")
+        raise ImageError(f"{path}: is a folder, not an image")
     if not stat.S_ISREG(mode):
         kind = "a named pipe (FIFO)" if stat.S_ISFIFO(mode) else "not a regular file"
-        raise DataError(f"{path}: is {kind}; predict reads regular image files only")
+        raise ImageError(f"{path}: is {kind}; predict reads regular image files only")
 
 
 def load_image(path: str | Path) -> np.ndarray:
-    """A grey float32 array in [0, 1] (any PIL format, mode and size), or one clear ``DataError``."""
+    """A grey float32 array in [0, 1] (any PIL format, mode and size), or one clear ``ImageError``."""
     path = Path(path)
     _require_regular_file(path)
     if path.stat().st_size == 0:
-        raise DataError(f"{path}: empty file (give a PNG, JPEG, BMP, GIF or TIFF file)")
+        raise ImageError(f"{path}: empty file (give a PNG, JPEG, BMP, GIF or TIFF file)")
     return decode_image(path, where=str(path))
 
 
@@ -64,31 +64,31 @@ def decode_image(
 ) -> np.ndarray:
     """Grey levels in [0, 1] from an image file or a binary stream (``where`` names it in
     messages). The pixel count in the header is checked before anything is decoded; anything
-    wrong is one ``DataError``."""
+    wrong is one ``ImageError``."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(source) as img:
                 if img.width * img.height > max_pixels:
-                    raise DataError(
+                    raise ImageError(
                         f"{where}: image of {img.width}x{img.height} pixels is too large "
                         f"(more than {max_pixels:,}); scale it down first"
                     )
                 img.load()
                 return to_grey(ImageOps.exif_transpose(img) or img)
-    except DataError:
+    except ImageError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise DataError(
+        raise ImageError(
             f"{where}: refused as too large: it claims so many pixels it could be a "
             "decompression bomb; scale it down first"
         ) from None
     except UnidentifiedImageError:
-        raise DataError(
+        raise ImageError(
             f"{where}: not an image (give a PNG, JPEG, BMP, GIF or TIFF file)"
         ) from None
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
-        raise DataError(f"{where}: damaged or truncated image ({exc})") from None
+        raise ImageError(f"{where}: damaged or truncated image ({exc})") from None
 
 
 def to_grey(img: Image.Image) -> np.ndarray:
@@ -137,13 +137,15 @@ def _resize(ink: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 def preprocess(grey: np.ndarray, *, where: str = "image") -> np.ndarray:
     """A 28x28 float32 MNIST-style digit (light ink on black, in [0, 1]) from a grey image."""
     if grey.ndim != 2 or grey.size == 0:
-        raise DataError(f"{where}: expected a 2-D grey image, got shape {grey.shape}")
+        raise ImageError(f"{where}: expected a 2-D grey image, got shape {grey.shape}")
     paper = float(np.median(_border(grey)))
     if paper > 0.5:  # dark ink on light paper: MNIST is light ink on black
         grey, paper = 1.0 - grey, 1.0 - paper
     contrast = float(grey.max()) - paper
     if contrast < 0.1:
-        raise DataError(f"{where}: no digit found (the image is blank or has almost no contrast)")
+        raise NoDigitError(
+            f"{where}: no digit found (the image is blank or has almost no contrast)"
+        )
     ink = np.clip((grey - paper) / contrast, 0.0, 1.0)
     ink[ink < NOISE_FLOOR] = 0.0
     rows, cols = np.nonzero(ink)
@@ -154,7 +156,7 @@ def preprocess(grey: np.ndarray, *, where: str = "image") -> np.ndarray:
     digit = _resize(ink, size)
     total = float(digit.sum())
     if total <= 0:
-        raise DataError(f"{where}: no digit found (the ink vanished when scaled to 20x20)")
+        raise NoDigitError(f"{where}: no digit found (the ink vanished when scaled to 20x20)")
     ys, xs = np.indices(digit.shape)
     com_y, com_x = float((digit * ys).sum()) / total, float((digit * xs).sum()) / total
     top = min(max(round(CENTRE - com_y), 0), SIDE - digit.shape[0])
