@@ -154,9 +154,12 @@ def to_grey(img: Image.Image) -> np.ndarray:
         return _nominal(np.asarray(img), 65535.0)
     if img.mode == "F":
         return _nominal(np.asarray(img), 1.0)
-    if img.mode not in ("1", "L", "LA", "La", "RGB", "RGBA", "RGBa"):
+    if img.mode not in ("1", "L", "LA", "RGB", "RGBA"):
+        # premultiplied alpha (La, RGBa) converts to straight alpha only; the rest to RGB(A)
+        target = {"La": "LA", "RGBa": "RGBA"}.get(img.mode)
+        target = target or ("RGBA" if "A" in img.getbands() else "RGB")
         try:
-            img = img.convert("RGBA" if "A" in img.getbands() else "RGB")
+            img = img.convert(target)
         except (ValueError, OSError) as exc:
             raise ImageError(f"cannot read an image of mode {img.mode!r} ({exc})") from None
     if "A" in img.getbands():
