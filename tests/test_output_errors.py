@@ -92,7 +92,7 @@ def test_write_idx_under_a_file_is_a_data_error(tmp_path):
 
 
 def test_predict_refuses_a_fifo_at_once(tmp_path):
-    from mnistlab.apps.predict import load_image
+    from mnistlab.data.images import load_image
 
     fifo = tmp_path / "digit.png"
     os.mkfifo(fifo)

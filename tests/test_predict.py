@@ -22,8 +22,8 @@ import torch
 from PIL import Image
 
 from mnistlab.apps.cli import main
-from mnistlab.apps.predict import image_to_digit, preprocess
 from mnistlab.config import resolve
+from mnistlab.data.images import image_to_digit, preprocess
 from mnistlab.errors import DataError
 from mnistlab.io.checkpoint import CheckpointCallback, load_model
 from mnistlab.train import train
@@ -250,3 +250,61 @@ def test_preprocess_polarity_and_blank():
     assert abs((light_on_dark * xs).sum() / total - 14) <= 0.5
     with pytest.raises(DataError, match="no digit found"):
         preprocess(np.full((50, 50), 0.8, dtype=np.float32))
+
+
+def test_predict_with_images_only_uses_the_pretrained_cnn(photos, capsys):
+    """No run to train first: ``mnistlab predict IMAGE...`` reads with pretrained:cnn."""
+    paths, labels, _ = photos
+    assert main(["predict", *map(str, paths[:6]), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["model"] == "pretrained:cnn" and result["errors"] == []
+    assert [p["file"] for p in result["predictions"]] == list(map(str, paths[:6]))
+    assert [p["label"] for p in result["predictions"]] == labels[:6].tolist()
+    assert main(["predict", str(paths[0])]) == 0
+    out, err = capsys.readouterr()
+    assert "reading with pretrained:cnn" in err and out.startswith(str(paths[0]))
+
+
+def test_predict_first_argument_is_a_model_or_an_image(small_run, photos, tmp_path, capsys):
+    paths, _, _ = photos
+    no_suffix = tmp_path / "digit"  # an image whatever its name: read as one, not as a model
+    no_suffix.write_bytes(paths[0].read_bytes())
+    cases = {
+        "run": ([str(small_run), str(paths[0])], str(small_run)),
+        "run:best": ([f"{small_run}:best", str(paths[0])], f"{small_run}:best"),
+        "pretrained": (["pretrained:mlp", str(paths[0])], "pretrained:mlp"),
+        "--model": (["--model", str(small_run), str(paths[0]), str(paths[1])], str(small_run)),
+        "image without suffix": ([str(no_suffix), str(paths[1])], "pretrained:cnn"),
+    }
+    for name, (args, model) in cases.items():
+        main(["predict", *args, "--json"])
+        result = json.loads(capsys.readouterr().out)
+        assert result["model"] == model, name
+        assert result["errors"] == [] and len(result["predictions"]) >= 1, name
+
+
+def test_predict_a_model_without_images_or_a_missing_image(small_run, tmp_path, capsys):
+    assert main(["predict", str(small_run)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "no image follows it" in err
+    missing = tmp_path / "seven.png"  # an image's name: the image is missing, not a model
+    assert main(["predict", str(missing), "--json"]) == 1
+    result = json.loads(capsys.readouterr().out)
+    assert result["model"] == "pretrained:cnn" and "no such file" in result["errors"][0]["error"]
+
+
+def test_predict_says_when_an_image_holds_no_digit(tmp_path, capsys):
+    blank = tmp_path / "blank.png"
+    Image.new("L", (200, 150), 240).save(blank)
+    dot = tmp_path / "dot.png"
+    canvas = Image.new("L", (280, 280), 255)
+    canvas.paste(0, (138, 138, 143, 143))
+    canvas.save(dot)
+    assert main(["predict", str(blank), str(dot)]) == 1
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert lines[1:] == [
+        f"mnistlab: error: {blank}: no digit found (the image is blank, or its marks are too "
+        "faint to be a digit)",
+        f"mnistlab: error: {dot}: no digit found: the only mark is too small to be a digit "
+        "(about 6 pixels across in a 280x280 picture); write it bigger or crop closer",
+    ]

@@ -59,7 +59,7 @@ class Prediction:
 def decode_image(data: bytes, *, max_pixels: int = SERVE_MAX_PIXELS) -> np.ndarray:
     """Grey levels in [0, 1] from the bytes of an image file, never written to disk (the same
     decoder as ``mnistlab predict``, with a smaller pixel limit)."""
-    from mnistlab.apps.predict import decode_image as decode
+    from mnistlab.data.images import decode_image as decode
 
     if not data:
         raise DataError("empty image: the request had no bytes")
@@ -91,7 +91,7 @@ def _as_digit(item: Any) -> np.ndarray:
     through ``mnistlab predict``'s preprocessing (crop, fit 20x20, centre by mass)."""
     from PIL import Image
 
-    from mnistlab.apps.predict import image_to_digit, preprocess, to_grey
+    from mnistlab.data.images import image_to_digit, preprocess, to_grey
 
     if isinstance(item, str | Path):
         return image_to_digit(item)
@@ -146,7 +146,7 @@ class Model:
         info: dict[str, Any],
         state: dict[str, Any] | None = None,
     ):
-        from mnistlab.apps.predict_cmd import class_names
+        from mnistlab.data.registry import class_names
 
         self.module = module.eval()
         self.config = config

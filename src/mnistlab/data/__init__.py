@@ -16,7 +16,7 @@ from mnistlab.data.locate import (
     locate,
     verify,
 )
-from mnistlab.data.registry import DATASETS, DatasetSpec, FileSpec, get_dataset
+from mnistlab.data.registry import DATASETS, DatasetSpec, FileSpec, class_names, get_dataset
 from mnistlab.data.splits import Split, Splits, load_splits
 
 __all__ = [
@@ -30,6 +30,7 @@ __all__ = [
     "Splits",
     "VerifyReport",
     "candidate_dirs",
+    "class_names",
     "download",
     "get_dataset",
     "load_arrays",

@@ -269,3 +269,13 @@ def get_dataset(name: str | DatasetSpec) -> DatasetSpec:
     raise DataError(
         f"unknown dataset {name!r}: {hint}registered datasets are {', '.join(DATASETS)}"
     )
+
+
+def class_names(dataset: str | DatasetSpec, num_classes: int) -> list[str]:
+    """The names of a model's classes: its dataset's (Fashion-MNIST's clothes, KMNIST's kana),
+    or the digits ``"0"``... where the dataset is unknown or its class count differs."""
+    try:
+        names = list(get_dataset(dataset).class_names)
+    except DataError:
+        names = []
+    return names if len(names) == num_classes else [str(i) for i in range(num_classes)]

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from mnistlab.apps.predict import decode_image, preprocess
+from mnistlab.data.images import decode_image, preprocess
 from mnistlab.errors import ImageError, MnistlabError, NoDigitError
 
 MAX_BODY = 2 * 1024 * 1024

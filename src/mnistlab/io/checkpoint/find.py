@@ -44,7 +44,12 @@ def checkpoint_folder(run_or_folder: str | Path) -> Path:
 
 
 def resolve_checkpoint(spec: str | Path) -> Path:
-    """A checkpoint file for ``FILE``, ``RUN`` (its latest) or ``RUN:best``."""
+    """A checkpoint file for ``FILE``, ``RUN`` (its latest), ``RUN:best`` or ``pretrained:NAME``
+    (a model that comes with mnistlab)."""
+    from mnistlab import pretrained
+
+    if pretrained.is_pretrained(spec):
+        return pretrained.checkpoint_path(spec)
     text = str(spec)
     best = text.endswith(":best") and not Path(text).exists()
     path = Path(text[: -len(":best")] if best else text)
