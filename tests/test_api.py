@@ -293,3 +293,32 @@ def test_notebook_runs(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     namespace = _run(cells, "docs/api.ipynb")
     assert namespace["accuracy"] > 0.9
+
+
+def test_the_api_imports_no_command_module(tmp_path):
+    """``mnistlab.train``, ``evaluate``, ``load`` and ``Model.predict`` stay below the command
+    line: after all of them, no ``mnistlab.apps`` module was imported (a fresh process)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, numpy as np, mnistlab\n"
+        "r = mnistlab.train('seed-softmax', steps=20, dataset='mnist-sample', device='cpu',"
+        " run_dir='run')\n"
+        "mnistlab.evaluate(r.model); m = mnistlab.load('run'); m.predict(np.eye(28))\n"
+        "mnistlab.load('pretrained:cnn')\n"
+        "print(sorted(k for k in sys.modules if k.startswith('mnistlab.apps')))\n"
+    )
+    src = str(ROOT / "src")
+    env = {**__import__("os").environ, "PYTHONPATH": src}
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_a_pretrained_model_says_what_it_scored():
+    model = mnistlab.load("pretrained:cnn")
+    assert model.info["test_accuracy"] == pytest.approx(0.9931)
+    assert "99.31%" in repr(model)

@@ -266,8 +266,15 @@ class Model:
             self.module.to(device)
 
 
-def _test_accuracy(run_dir: Path | None) -> float | None:
-    """The final test accuracy the run recorded in its metrics.jsonl, if it has one."""
+def _test_accuracy(spec: str | Path, run_dir: Path | None) -> float | None:
+    """The final test accuracy the run recorded in its metrics.jsonl, or the manifest's for a
+    model that comes with mnistlab; ``None`` when nothing says."""
+    from mnistlab import pretrained
+
+    if pretrained.is_pretrained(spec):
+        name = str(spec)[len(pretrained.PREFIX) :].strip().lower()
+        figure = pretrained.manifest().get(name, {}).get("test_accuracy")
+        return float(figure) if isinstance(figure, int | float) else None
     if run_dir is None:
         return None
     from mnistlab.errors import TrackingError
@@ -301,7 +308,7 @@ def load(run_or_checkpoint: str | Path, *, raw_weights: bool = False) -> Model:
         "dataset": config.data.dataset,
         "steps": ckpt.step,
         "validation_accuracy": ckpt.header.get("validation_accuracy"),
-        "test_accuracy": _test_accuracy(ckpt.run_dir),
+        "test_accuracy": _test_accuracy(run_or_checkpoint, ckpt.run_dir),
         "num_classes": num_classes(ckpt.state["model"]),
         "ema_weights": not raw_weights and bool((ckpt.state.get("ema") or {}).get("shadows")),
     }

@@ -16,7 +16,10 @@ import torch
 
 from mnistlab.io.progress import Progress
 
-CKPT_HELP = "a checkpoint file, a run folder (its latest checkpoint) or RUN:best"
+CKPT_HELP = (
+    "a checkpoint file, a run folder (its latest checkpoint), RUN:best, or a model that comes "
+    "with mnistlab: pretrained:cnn, pretrained:mlp, pretrained:fashion"
+)
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
