@@ -117,23 +117,39 @@ def summarise(report: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def paired(base: dict[str, Any], other: dict[str, Any]) -> list[float]:
+    """Seed by seed, all-on's accuracy minus ``other``'s: one seed fixes the initial weights and
+    the batch order, so the pair differs only in the trick switched off."""
+    mine = dict(zip(base["seeds"], base["test_accuracy"], strict=True))
+    return [
+        mine[s] - a
+        for s, a in zip(other["seeds"], other["test_accuracy"], strict=True)
+        if s in mine
+    ]
+
+
 def table(results: dict[str, Any]) -> str:
-    """The markdown table: accuracies in percent, the change against all-on in points."""
+    """The markdown table: accuracies in percent, what the trick buys in points (all on minus
+    this variant, seed by seed: mean ± sd, and in how many seeds all on was better)."""
     variants = results["variants"]
     base = variants.get("all-on")
     lines = [
-        "| variant | test accuracy, mean ± sd | vs all on | min – max | per seed |",
-        "| --- | --- | --- | --- | --- |",
+        "| variant | test accuracy, mean ± sd | the trick buys (all on − this), paired | "
+        "seeds where all on is better | min – max | per seed |",
+        "| --- | --- | --- | --- | --- | --- |",
     ]
     for name, v in variants.items():
         sd = f" ± {100 * v['sd']:.2f}" if v["sd"] is not None else ""
-        if base is None or name == "all-on":
-            delta = "—"
-        else:
-            delta = f"{100 * (v['mean'] - base['mean']):+.2f} pp"
+        buys, better = "—", "—"
+        if base is not None and name != "all-on":
+            diffs = paired(base, v)
+            if diffs:
+                spread = f" ± {100 * statistics.stdev(diffs):.2f}" if len(diffs) > 1 else ""
+                buys = f"{100 * statistics.fmean(diffs):+.2f}{spread} pp"
+                better = f"{sum(d > 0 for d in diffs)} of {len(diffs)}"
         each = ", ".join(f"{100 * a:.2f}" for a in v["test_accuracy"])
         lines.append(
-            f"| {v['label']} | {100 * v['mean']:.2f}%{sd} | {delta} | "
+            f"| {v['label']} | {100 * v['mean']:.2f}%{sd} | {buys} | {better} | "
             f"{100 * v['min']:.2f} – {100 * v['max']:.2f}% | {each} |"
         )
     first = next(iter(variants.values()), None)
@@ -142,8 +158,8 @@ def table(results: dict[str, Any]) -> str:
     lines.append(
         f"seed-mlp on {results.get('dataset', '?')}, {results['steps_label']}, seeds "
         f"{results['seeds']} ({n} each), test accuracy with the moving average's weights where "
-        f"it is on; {results['machine']['cpu']}, torch {results['machine']['torch']}. "
-        f"Command: `{results['command']}`"
+        f"it is on; {results['machine']['cpu']}, torch {results['machine']['torch']}, "
+        f"{results['threads']} thread(s) per run. Command: `{results['command']}`"
     )
     return "\n".join(lines) + "\n"
 
@@ -174,12 +190,24 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=ROOT / "docs" / "lessons", help="output folder")
     p.add_argument("--runs", type=Path, help="parent of the run folders (default: a temp folder)")
     p.add_argument("--fresh", action="store_true", help="redo variants already in the output")
+    p.add_argument(
+        "--table", action="store_true", help="only rewrite OUT/ablation.md from OUT/ablation.json"
+    )
     args = p.parse_args(argv)
+    if args.table:
+        stored = args.out / "ablation.json"
+        if not stored.is_file():
+            p.error(f"--table: {stored} does not exist (run the ablation first)")
+        write(args.out, json.loads(stored.read_text()))
+        print(table(json.loads(stored.read_text())), end="")
+        return 0
 
     names = [n.strip() for n in args.variants.split(",") if n.strip()]
     unknown = [n for n in names if n not in VARIANTS]
     if unknown or not names:
-        p.error(f"unknown variant {unknown[0] if unknown else '(none)'}; choose from {list(VARIANTS)}")
+        p.error(
+            f"unknown variant {unknown[0] if unknown else '(none)'}; choose from {list(VARIANTS)}"
+        )
     if args.data_dir is not None and not args.data_dir.is_dir():
         p.error(f"--data-dir {args.data_dir} is not a folder")
 
@@ -222,7 +250,9 @@ def main(argv: list[str] | None = None) -> int:
             results["commands"][name] = shlex.join(cmd)
             results["variants"][name] = summary
             # Keep the variants in the order asked for, whatever was finished first.
-            results["variants"] = {n: results["variants"][n] for n in names if n in results["variants"]}
+            results["variants"] = {
+                n: results["variants"][n] for n in names if n in results["variants"]
+            }
             write(args.out, results)
             sd = f" ± {100 * summary['sd']:.2f}" if summary["sd"] is not None else ""
             print(f"ablation: {name}: {100 * summary['mean']:.2f}%{sd}", flush=True)
