@@ -7,8 +7,9 @@ imports this checkout's mnistlab (``src`` is put first on its ``PYTHONPATH``) an
 MNIST through ``MNISTLAB_DATA`` when it is given (``--data-dir``, or ``../shared/data/mnist``
 beside the checkout); without it the lessons train on the bundled sample and say so.
 
-The machine, the data and each lesson's wall time go into the notebook's metadata
-(``metadata.mnistlab``) and are printed, so the stored outputs say where they came from.
+The machine, the data, each lesson's wall time and the 1-minute load average at its end go into
+the notebook's metadata (``metadata.mnistlab``) and are printed, so the stored outputs say where
+they came from.
 
     python scripts/run_lessons.py                          # every lesson, in place
     python scripts/run_lessons.py docs/lessons/01-softmax.ipynb
