@@ -242,3 +242,12 @@ def test_the_ablation_script_runs_the_command_line(tmp_path):
         v = stored["variants"][name]
         assert v["seeds"] == [1, 2] and all(0.5 < a <= 1 for a in v["test_accuracy"])
     assert "| no learning-rate decay (optim.lr_decay=1.0) |" in (out / "ablation.md").read_text()
+
+
+def test_the_api_notebook_is_committed_with_its_outputs():
+    """docs/api.ipynb, the Python API's walk-through, is stored executed like the lessons
+    (``python scripts/run_lessons.py docs/api.ipynb --sample``); tests/test_api.py runs it."""
+    notebook = nbformat.read(LESSONS.parent / "api.ipynb", as_version=4)
+    nbformat.validate(notebook)
+    check_outputs(notebook, "api")
+    assert notebook.metadata["mnistlab"]["executed_on"]
