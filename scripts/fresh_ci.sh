@@ -34,4 +34,13 @@ set +e
 rc=${PIPESTATUS[0]}
 set -e
 echo "fresh_ci: .ci/run exited $rc after $(($(date +%s) - start)) s"
+# The suite must leave nothing in the checkout (a run folder from a test, a stray file): list
+# what is there beyond caches and the editable install's metadata, and fail on any of it.
+left=$(git -C "$tmp/main" status --porcelain --ignored --untracked-files=all |
+    grep -v -E '__pycache__/|\.pyc$|\.egg-info/|^!! (build|\.pytest_cache|\.mypy_cache|\.ruff_cache)/' || true)
+if [ -n "$left" ]; then
+    echo "fresh_ci: the run left files in the checkout:"
+    echo "$left" | head -20
+    [ "$rc" = 0 ] && rc=1
+fi
 exit "$rc"
