@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import os
 import subprocess
 import sys
@@ -113,6 +114,44 @@ def test_the_forged_state_is_otherwise_valid(state, tmp_path):
         assert load_checkpoint(path).step == 4
         model, _ = load_model(path)
         assert model.logits.weight.shape == (10, 4)
+
+
+def test_forged_weights_only_files(state, tmp_path):
+    """A weights-only file is checked as a training state is, less what it does not hold: its
+    one set of weights against the model its settings build, its kind and weights named."""
+    from mnistlab.io.checkpoint import weights_only
+
+    good = weights_only(copy.deepcopy(state))
+    assert load_checkpoint(forge(tmp_path / "good.pt", good)).step == 4
+    cases = {
+        "an unknown kind": ({**good, "kind": "model"}, "its kind is 'model'"),
+        "no weights named": ({k: v for k, v in good.items() if k != "weights"}, "lacks weights"),
+        "weights of no kind": ({**good, "weights": "best"}, "its weights are 'best'"),
+        "a moving average too": ({**good, "ema": state["ema"]}, "holds a moving average"),
+        "NaN weights": (
+            {
+                **good,
+                "model": {
+                    **good["model"],
+                    "logits.weight": good["model"]["logits.weight"] * math.nan,
+                },
+            },
+            "holds NaN or infinite values",
+        ),
+        "a wrong shape": (
+            {**good, "model": {**good["model"], "logits.weight": torch.zeros(10, 5)}},
+            "numbers where a mlp model of its settings",
+        ),
+        "a training state without its optimizer": (
+            {k: v for k, v in state.items() if k != "optimizer"},
+            "lacks optimizer of a training state",
+        ),
+    }
+    for case, (forged_state, words) in cases.items():
+        path = forge(tmp_path / "forged.pt", forged_state)
+        with pytest.raises(CheckpointError) as caught:
+            load_checkpoint(path)
+        assert words in str(caught.value), (case, caught.value)
 
 
 def test_a_header_that_disagrees_with_its_data(state, tmp_path):

@@ -111,3 +111,49 @@ def test_the_recorded_command_reproduces_the_accuracy(name, request, tmp_path):
     figures = json.loads(done.stdout.strip().splitlines()[-1])
     assert figures["steps"] == entry["steps"]
     assert abs(figures["test_accuracy"] - entry["test_accuracy"]) <= 0.002
+
+
+# -- weights-only files: what ships, and what Model.save(weights_only=True) writes --------------
+def test_the_shipped_files_are_weights_only_and_small():
+    from mnistlab.io.checkpoint import load_checkpoint
+
+    for name, entry in MODELS.items():
+        state = load_checkpoint(resolve_checkpoint(f"pretrained:{name}")).state
+        assert state["kind"] == "weights" and state["weights"] == entry["weights"], name
+        assert not {"optimizer", "data", "rng", "ema"} & set(state), name
+    assert MODELS["cnn"]["bytes"] < 100_000  # the speedrun cnn's 30k weights, float32
+    assert MODELS["mlp"]["bytes"] < 1_700_000  # 784-500-10: one set of weights, not two
+
+
+def test_a_weights_only_file_cannot_be_resumed(tmp_path, capsys):
+    from mnistlab.apps.cli import main
+
+    code = main(["train", "--resume", "pretrained:cnn", "--run-dir", str(tmp_path / "r")])
+    err = capsys.readouterr().err
+    assert code != 0
+    assert "weights only" in err and "cannot be resumed" in err and "Traceback" not in err
+    assert not (tmp_path / "r").exists()  # nothing was opened for it
+
+
+def test_raw_weights_of_an_averaged_weights_only_file_are_refused():
+    with pytest.raises(CheckpointError, match="only its moving average's weights"):
+        mnistlab.load("pretrained:mlp", raw_weights=True)
+    assert mnistlab.load("pretrained:cnn", raw_weights=True).info["ema_weights"] is False
+
+
+def test_model_save_weights_only_round_trips(tmp_path, sample_splits):
+    import numpy as np
+
+    result = mnistlab.train("seed-mlp", steps=30, dataset="mnist-sample", hidden=16, quiet=True)
+    full = result.model.save(tmp_path / "full.pt")
+    small = result.model.save(tmp_path / "small.pt", weights_only=True)
+    assert small.stat().st_size < full.stat().st_size / 2
+    digits = sample_splits.test.images[:64].reshape(-1, 28, 28).numpy()
+    again = mnistlab.load(small)
+    assert again.info["ema_weights"] is True
+    np.testing.assert_array_equal(
+        again.probabilities(digits), mnistlab.load(full).probabilities(digits)
+    )
+    assert (
+        again.save(tmp_path / "again.pt", weights_only=True).stat().st_size == small.stat().st_size
+    )

@@ -93,7 +93,7 @@ def table(result: dict[str, Any], class_names: list[str]) -> str:
 def run_eval(args: argparse.Namespace) -> int:
     from mnistlab.config import set_value
     from mnistlab.errors import CheckpointError
-    from mnistlab.io.checkpoint import load_model, num_classes
+    from mnistlab.io.checkpoint import averaged, load_model, num_classes
     from mnistlab.session import load_data
     from mnistlab.session.data import dataset_mismatch
     from mnistlab.train.metrics import summarize
@@ -118,7 +118,7 @@ def run_eval(args: argparse.Namespace) -> int:
     progress = Progress(len(split), desc="eval", unit="digit", enabled=not args.json)
     probs = probabilities(model, split.images, progress=progress)
     summary = summarize(probs.argmax(dim=1), split.labels, data.num_classes)
-    uses_ema = bool(ckpt.state.get("ema")) and not args.raw_weights
+    uses_ema = averaged(ckpt.state, use_ema=not args.raw_weights)
     result: dict[str, Any] = {
         "checkpoint": str(ckpt.path),
         "step": ckpt.step,

@@ -42,12 +42,12 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 
 def run_export(args: argparse.Namespace) -> int:
-    from mnistlab.io.checkpoint import load_model
+    from mnistlab.io.checkpoint import averaged, load_model
     from mnistlab.io.export import FORMATS, export_model
 
     model, ckpt = load_model(args.checkpoint, use_ema=not args.raw_weights)
     config = ckpt.config
-    uses_ema = bool(ckpt.state.get("ema")) and not args.raw_weights
+    uses_ema = averaged(ckpt.state, use_ema=not args.raw_weights)
     if args.output:
         path = Path(args.output)
     else:

@@ -141,6 +141,7 @@ def resume_state(
     run goes on in the folder it came from (``Resumed.run_dir``)."""
     from mnistlab.config import flat_dict
     from mnistlab.io.checkpoint import load_checkpoint, resolve_checkpoint
+    from mnistlab.io.checkpoint.trust import WEIGHTS_ONLY
 
     if not spec:
         return Resumed(config)
@@ -164,6 +165,12 @@ def resume_state(
             ckpt = load_checkpoint(resolve_checkpoint(spec))
     path = ckpt.path
     resumed = ckpt.config
+    if ckpt.state.get("kind") == WEIGHTS_ONLY:
+        raise CheckpointError(
+            f"{path} holds a model's weights only (no optimizer state, data order or random "
+            "state): it evaluates, predicts, exports and serves, but cannot be resumed; resume "
+            "from a checkpoint of its run"
+        )
     if preset and preset != resumed.preset and spec != "auto":
         raise ConfigError(
             f"{path} is a {resumed.preset} run, not {preset}; drop --preset "

@@ -17,11 +17,13 @@ from mnistlab.io.checkpoint.fileformat import (
     step_name,
 )
 from mnistlab.io.checkpoint.find import (
+    averaged,
     checkpoint_folder,
     load_model,
     resolve_checkpoint,
     saved_weights,
     step_checkpoints,
+    weights_only,
 )
 from mnistlab.io.checkpoint.trust import num_classes
 
@@ -31,6 +33,7 @@ __all__ = [
     "FORMAT_VERSION",
     "Checkpoint",
     "CheckpointCallback",
+    "averaged",
     "checkpoint_folder",
     "load_checkpoint",
     "load_model",
@@ -42,4 +45,5 @@ __all__ = [
     "serialize",
     "step_checkpoints",
     "step_name",
+    "weights_only",
 ]

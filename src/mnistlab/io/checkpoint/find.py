@@ -21,7 +21,7 @@ from mnistlab.io.checkpoint.fileformat import (
     Checkpoint,
     load_checkpoint,
 )
-from mnistlab.io.checkpoint.trust import num_classes
+from mnistlab.io.checkpoint.trust import WEIGHTS_ONLY, num_classes
 from mnistlab.models import StagedModel, build_model
 
 
@@ -80,13 +80,40 @@ def resolve_checkpoint(spec: str | Path) -> Path:
     )
 
 
+def averaged(state: dict[str, Any], *, use_ema: bool = True) -> bool:
+    """Whether the weights ``saved_weights`` gives for ``state`` are the moving average's."""
+    if state.get("kind") == WEIGHTS_ONLY:
+        return bool(state["weights"] == "ema")
+    return bool(use_ema and (state.get("ema") or {}).get("shadows"))
+
+
 def saved_weights(state: dict[str, Any], *, use_ema: bool = True) -> dict[str, torch.Tensor]:
     """A model's tensors from a saved ``Run.state_dict()``, ready for ``load_state_dict``: the
     moving average's shadows (``use_ema``, when the run kept them) or the raw parameters, with
-    the model's buffers (batch norm's running statistics) beside them."""
+    the model's buffers (batch norm's running statistics) beside them. A weights-only file has
+    one set of weights, whichever it kept."""
     shadows = (state.get("ema") or {}).get("shadows")
-    params = shadows if use_ema and shadows else state["model"]
+    params = shadows if averaged(state, use_ema=use_ema) and shadows else state["model"]
     return {**params, **(state.get("buffers") or {})}
+
+
+def weights_only(state: dict[str, Any], *, use_ema: bool = True) -> dict[str, Any]:
+    """``state`` as a weights-only file holds it: the step, settings and metrics, and the
+    weights a model is used with (the moving average's with ``use_ema`` where the run kept one,
+    as ``load_model`` reads them) with batch norm's statistics; no optimizer state, data order
+    or random state, so it is a quarter to half the size and cannot be resumed."""
+    if state.get("kind") == WEIGHTS_ONLY:
+        return state
+    ema = averaged(state, use_ema=use_ema)
+    return {
+        "kind": WEIGHTS_ONLY,
+        "step": state["step"],
+        "config": state["config"],
+        "model": state["ema"]["shadows"] if ema else state["model"],
+        "buffers": state.get("buffers"),
+        "weights": "ema" if ema else "raw",
+        "metrics": state["metrics"],
+    }
 
 
 def load_model(
@@ -99,6 +126,11 @@ def load_model(
     what is built is the size the file's own tensors are."""
     ckpt = load_checkpoint(resolve_checkpoint(spec), input_shape=input_shape)
     state = ckpt.state
+    if not use_ema and state.get("kind") == WEIGHTS_ONLY and state["weights"] == "ema":
+        raise CheckpointError(
+            f"{ckpt.path} holds only its moving average's weights (a weights-only file): the "
+            "raw weights are not in it; drop --raw-weights / raw_weights=True"
+        )
     tensors = saved_weights(state, use_ema=use_ema)
     config = ckpt.config
     classes = num_classes(tensors)

@@ -15,6 +15,11 @@ compute the checksum again. So every checkpoint that is read (``eval``, ``predic
 - the step and every counter (averaging updates, data order, random-number states) of the right
   type and in range, each state of the shape ``Run.load_state_dict`` reads.
 
+A weights-only file (``kind = "weights"``, ``find.weights_only``: what ships as ``pretrained:NAME``
+and what ``Model.save(weights_only=True)`` writes) holds the step, settings, metrics and one set
+of weights (``weights``: the moving average's or the raw ones) with batch norm's statistics, and
+no optimizer, data order or random state: it is checked the same way, less what it does not hold.
+
 Anything wrong is one ``CheckpointError`` naming the file and the value. A key of
 ``Run.state_dict()`` unknown here is read by no one; a new one gets its check here.
 """
@@ -38,6 +43,8 @@ COUNT_MAX = 2**63 - 1
 """Steps and counters are 64-bit integers in torch."""
 EXAMPLES_MAX = 2**40
 THREADS_MAX = 1 << 20
+WEIGHTS_ONLY = "weights"
+"""``state["kind"]`` of a file that holds a model's weights and no training state."""
 Expected = dict[str, tuple[torch.Size, torch.dtype]]
 
 
@@ -273,10 +280,17 @@ def _check(
     state: Any, header: dict[str, Any], path: Path, input_shape: tuple[int, int, int]
 ) -> Config:
     state = _dict(state, "the state")
-    required = ("step", "model", "config", "ema", "optimizer", "data", "rng", "metrics")
+    kind = state.get("kind")
+    if kind not in (None, WEIGHTS_ONLY):
+        _fail(f"its kind is {_show(kind)}, not a training state or {WEIGHTS_ONLY!r}")
+    if kind == WEIGHTS_ONLY:
+        required: tuple[str, ...] = ("step", "model", "config", "metrics", "weights")
+    else:
+        required = ("step", "model", "config", "ema", "optimizer", "data", "rng", "metrics")
     missing = [k for k in required if k not in state]
     if missing:
-        _fail(f"it lacks {', '.join(missing)} of a training state")
+        what = "weights-only file" if kind else "training state"
+        _fail(f"it lacks {', '.join(missing)} of a {what}")
     step = _int(state["step"], "step")
     _header(header, state, step)
     config = _settings(state, path)
@@ -286,6 +300,13 @@ def _check(
     _match(state["model"], params, "model")
     if buffers or state.get("buffers") is not None:
         _match(state.get("buffers"), buffers, "buffers")
+    if kind == WEIGHTS_ONLY:
+        if state["weights"] not in ("ema", "raw"):
+            _fail(f"its weights are {_show(state['weights'])}, not 'ema' or 'raw'")
+        if state.get("ema") is not None or state.get("optimizer") is not None:
+            _fail("a weights-only file holds a moving average or optimizer state")
+        _metrics(state["metrics"], step)
+        return config
     ema = state["ema"]
     if (ema is None) != (config.optim.ema_decay == 0):
         _fail(
