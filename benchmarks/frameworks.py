@@ -226,9 +226,17 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--snapshot-every", type=int, default=50, help="parity: compare weights every N")
     p.add_argument("--run", choices=FRAMEWORKS, help=argparse.SUPPRESS)
+    p.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.dataset == "mnist-sample":
         args.data_dir = None
+    if args.run == "jax" and args.serve:  # seed_mlp.py --jax: warm steps timed on request
+        from ports import jax_optax
+
+        folder, validation = data_folder(args.dataset, args.data_dir)
+        data = load(folder, validation)
+        jax_optax.serve_rounds(PROGRAMS[args.programs], data, args.seed, args.threads)
+        return 0
     if args.run:
         for program in args.programs.split(","):
             print(json.dumps(run_one(args.run, program, args)), flush=True)

@@ -141,3 +141,30 @@ def test_onednn_where_it_cannot_run_is_one_clear_error(sample_splits):
 def test_an_unknown_route_names_the_choices():
     with pytest.raises(ConfigError, match="train.route must be one of auto, exact, mkl, onednn"):
         resolve("seed-mlp", None, ["train.route=onedn"])
+
+
+@pytest.mark.parametrize("route", ["exact", *FAST])
+def test_weight_decay_keeps_float32s_accuracy_over_many_steps(sample_splits, route):
+    """With every image black, the first layer's data gradient is exactly zero and L2 alone moves
+    its weights: after 400 steps they must be ``W·Π(1 - lr·l2)`` to float32's rounding, step by
+    step (a random walk of half-ulps). Folding the decay into a product's ``beta = 1 - lr·l2``
+    fails this: that ``beta`` rounds to float32's spacing near 1 (6e-8) while ``lr·l2`` is
+    1e-5, so each step decays by up to 0.3% too much or too little, always the same way."""
+    from dataclasses import replace
+
+    from mnistlab.train.objective import learning_rate
+
+    black = replace(sample_splits.train, images=torch.zeros_like(sample_splits.train.images))
+    data = replace(sample_splits, train=black)
+    steps = 400
+    config = small_config("seed-mlp", f"train.steps={steps}", f"train.route={route}")
+    run = build_run(config, data)
+    start = run.parameters()[0].detach().double().clone()
+    _Loop(run).run()
+    truth = start.clone()
+    for step in range(steps):
+        lr = learning_rate(step, config.optim, run.decay_steps, steps)
+        truth -= lr * (config.optim.l2 * truth)
+    got = run.parameters()[0].detach().double()
+    relative = float(((got - truth).abs() / truth.abs().clamp_min(1e-3)).max())
+    assert relative < 2e-6, f"{route}: decay off by {relative:.2g} relative after {steps} steps"

@@ -99,8 +99,8 @@ class TrainConfig:
     later, about 3 fewer significant digits). Off: exact float32, whatever torch's defaults."""
     route: str = "auto"
     """How the fused dense step runs on the CPU (``train/routes.py``): ``exact`` (autograd's
-    kernels, bit-equal to autograd), ``mkl`` (L2 and SGD folded into the weight-gradient
-    product), ``onednn`` (as mkl, the forward products in oneDNN with bias and ReLU fused);
+    kernels, bit-equal to autograd), ``mkl`` (SGD folded into the weight-gradient product,
+    no gradient buffer), ``onednn`` (as mkl, the forward products in oneDNN with bias and ReLU fused);
     ``auto`` picks per CPU at run start, and a resume keeps the route its checkpoint recorded."""
 
 

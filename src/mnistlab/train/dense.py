@@ -5,7 +5,7 @@ graph is built and no buffer is allocated per step:
 
 - ``FusedDenseEngine`` (the CPU default): eager, into buffers made once, by the run's route
   (``train/routes.py``): ``exact``, the kernels autograd calls, bit-equal to autograd on the
-  CPU; ``mkl`` and ``onednn``, L2 and SGD folded into the weight-gradient product (and for
+  CPU; ``mkl`` and ``onednn``, SGD folded into the weight-gradient product (and for
   ``onednn`` the forward products in oneDNN, bias and ReLU in their epilogue).
 - ``TabledDenseEngine`` (``train/dense_tables.py``, the CUDA default): the same step as a pure
   function over device tables, captured as CUDA graphs.
@@ -173,9 +173,11 @@ class FusedDenseEngine(Engine):
     def _folded_step(
         self, idx: torch.Tensor, lr: float | torch.Tensor, l2: float, loss: torch.Tensor
     ) -> None:
-        """The ``mkl`` and ``onednn`` routes: the same step with L2 and SGD folded into each
-        weight's gradient product, ``W ← (1 - lr·l2)·W - lr·gᵀ·in`` (one ``addmm_``, in place),
-        so the weight gradient is never written out; the biases as in ``exact``."""
+        """The ``mkl`` and ``onednn`` routes: the same step with SGD folded into each weight's
+        gradient product, ``W ← W - lr·l2·W``, then ``W ← W - lr·gᵀ·in`` in place (``addmm_``):
+        the weight gradient is never written out, and the three passes over the weights
+        after the products (L2 into the gradient, SGD, the moving average) become two; the
+        biases as in ``exact``."""
         assert isinstance(lr, float)
         x, y, log_probs = self.x, self.y, self.log_probs
         torch.index_select(self._images, 0, idx, out=x)
@@ -200,11 +202,9 @@ class FusedDenseEngine(Engine):
             self.grad_nll, log_probs, 1, log_probs.dtype, out=self.grad_log_probs
         )
         inputs = [x, *acts[:-1]]
-        beta = 1.0 - lr * l2
         for i in range(len(acts) - 1, -1, -1):
-            _, _, _, weight_grad, bias_grad, weight, below, _ = self.backward_plan[
-                len(acts) - 1 - i
-            ]
+            _, _, _, weight_grad, bias_grad, _, below, _ = self.backward_plan[len(acts) - 1 - i]
+            weight = self.l2_held[i]
             torch.sum(g, 0, out=bias_grad)
             if below is not None:  # d(in) = g·W with the weights before their update
                 torch.mm(g, weight, out=below)
@@ -212,7 +212,12 @@ class FusedDenseEngine(Engine):
             if self._keep_grads:  # the stretch's last step leaves its gradient in .grad
                 torch.mm(g.t(), inputs[i], out=weight_grad)
                 weight_grad.add_(weight, alpha=l2)
-            self.l2_held[i].addmm_(g.t(), inputs[i], beta=beta, alpha=-lr)
+            # W - lr·(gᵀ·in + l2·W): the decay as its own small term (W + (-lr·l2)·W keeps
+            # float32's accuracy; a product's beta = 1 - lr·l2 would round to 6e-8 near 1
+            # and bias every step's decay by up to 0.3%), then the product added in place.
+            if l2:
+                weight.add_(weight, alpha=-lr * l2)
+            weight.addmm_(g.t(), inputs[i], alpha=-lr)
             if below is not None:
                 g = below
         torch._foreach_add_(self.bias_params, self.bias_grads, alpha=-lr)
