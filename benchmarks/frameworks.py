@@ -57,7 +57,7 @@ from catalog import (  # noqa: E402
     missing,
 )
 from common import default_data  # noqa: E402
-from ports.common import PROGRAMS, load  # noqa: E402
+from ports.common import PORTED, PROGRAMS, load  # noqa: E402
 from rounds import bar_chart, round_order, summarize, table  # noqa: E402
 
 ON_DEVICE = ("mnistlab", "pytorch")
@@ -68,7 +68,8 @@ CHILD_ENV = {"TF_CPP_MIN_LOG_LEVEL": "3", "KERAS_BACKEND": "tensorflow", "PYTHON
 # -- one framework's runs, in a child process --------------------------------------------------
 def run_one(framework: str, program_name: str, args: argparse.Namespace) -> dict[str, Any]:
     program = PROGRAMS[program_name]
-    steps = args.steps or (args.mlp_steps if program_name == "mlp" else 0) or program.steps
+    own = {"mlp": args.mlp_steps, "lenet": args.lenet_steps}.get(program_name, 0)
+    steps = args.steps or own or program.steps
     if framework == "mnistlab":
         from ports import mnistlab_entry
 
@@ -99,6 +100,7 @@ def spawn(framework: str, programs: list[str], args: argparse.Namespace) -> list
     cmd += ["--data-dir", args.data_dir] if args.data_dir else []
     cmd += ["--steps", str(args.steps)] if args.steps else []
     cmd += ["--mlp-steps", str(args.mlp_steps)] if args.mlp_steps else []
+    cmd += ["--lenet-steps", str(args.lenet_steps)] if args.lenet_steps else []
     env = {**os.environ, **CHILD_ENV}
     env["PYTHONPATH"] = os.pathsep.join([str(HERE.parent / "src"), env.get("PYTHONPATH", "")])
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=args.timeout)
@@ -147,13 +149,20 @@ def compare(args: argparse.Namespace) -> int:
             skipped[framework] = why
             print(f"skipped {framework}: {why}", flush=True)
     running = [f for f in frameworks if f not in skipped]
+    for program, ported in PORTED.items():
+        others = [f for f in running if f not in ported]
+        if program in programs and others:
+            print(f"{program}: no port for {', '.join(others)} (ported: {', '.join(ported)})")
     rows: list[dict[str, Any]] = []
     for r in range(args.rounds):
         order = round_order(running, r)
         print(f"round {r + 1}/{args.rounds}: {' '.join(order)}", flush=True)
         for framework in order:
+            mine = [p for p in programs if framework in PORTED.get(p, FRAMEWORKS)]
+            if not mine:
+                continue
             before = load_average()
-            for row in spawn(framework, programs, args):
+            for row in spawn(framework, mine, args):
                 row |= {"round": r + 1, "load_before": before, "load_after": load_average()}
                 row["load_1min"] = before[0] if before else None
                 rows.append(row)
@@ -197,10 +206,17 @@ def main(argv: list[str] | None = None) -> int:
     dataset, data_dir = default_data()
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--frameworks", default=",".join(FRAMEWORKS), help="comma-separated subset")
-    p.add_argument("--programs", default="softmax,mlp", help="softmax, mlp or both")
+    p.add_argument(
+        "--programs",
+        default="softmax,mlp",
+        help="softmax, mlp, lenet (mnistlab and jax only), comma-separated",
+    )
     p.add_argument("--steps", type=int, default=0, help="steps of each program (default: its own)")
     p.add_argument(
         "--mlp-steps", type=int, default=0, help="steps of the MLP alone (default: 30,000)"
+    )
+    p.add_argument(
+        "--lenet-steps", type=int, default=0, help="steps of LeNet alone (default: 10,000)"
     )
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--dataset", default=dataset, help=f"default: {dataset}")

@@ -26,19 +26,24 @@ def test_each_port_runs_mnistlab_presets_settings(program):
 
     p = PROGRAMS[program]
     c = resolve(p.preset)
-    assert c.model.init == "normal"
-    assert (p.hidden, p.init_std, p.bias_init) == (
+    assert c.model.init == p.init
+    assert c.model.name == ("lenet" if p.model == "lenet" else "mlp" if p.hidden else "softmax")
+    assert (p.hidden, p.init_std, p.bias_init, p.dropout) == (
         c.model.hidden,
         c.model.init_std,
         c.model.bias_init,
+        c.model.dropout,
     )
-    assert (p.lr, p.lr_decay, p.l2, p.ema) == (
+    assert (p.lr, p.lr_decay, p.l2, p.ema, p.staircase) == (
         c.optim.lr,
         c.optim.lr_decay,
         c.optim.l2,
         c.optim.ema_decay,
+        c.optim.staircase,
     )
-    assert c.optim.name == "sgd" and not c.optim.staircase and c.optim.decay_steps is None
+    assert c.optim.name == ("momentum" if p.momentum else "sgd")
+    assert p.momentum == (c.optim.momentum if p.momentum else 0.0)
+    assert c.optim.decay_steps is None and c.optim.schedule == "exponential"
     assert (p.steps, p.eval_every, p.batch_size) == (
         c.train.steps,
         c.train.eval_every,
@@ -231,3 +236,21 @@ def test_frameworks_and_parity_do_not_import_each_other():
 def test_rounds_must_be_at_least_one():
     with pytest.raises(SystemExit, match="--rounds must be at least 1"):
         frameworks.main(["--rounds", "0", "--dataset", "mnist-sample"])
+
+
+@pytest.mark.slow
+def test_lenet_runs_where_it_has_a_port_and_says_where_it_has_none(tmp_path, capsys):
+    why = catalog.missing("jax")
+    if why:
+        pytest.skip(f"jax: {why}")
+    code = frameworks.main(
+        ["--frameworks", "mnistlab,jax,pytorch", "--programs", "lenet", "--dataset"]
+        + ["mnist-sample", "--steps", "20", "--rounds", "1", "--threads", "1"]
+        + ["--out", str(tmp_path)]
+    )
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert "lenet: no port for pytorch (ported: mnistlab, jax)" in out
+    rows = json.loads((tmp_path / "frameworks.json").read_text())["rows"]
+    assert {r["framework"] for r in rows} == {"mnistlab", "jax"}
+    assert all(r["steps"] == 20 and r["test_accuracy"] > 0.2 for r in rows)

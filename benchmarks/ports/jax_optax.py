@@ -1,7 +1,9 @@
 """JAX with optax, as the Flax/optax MNIST examples write it: parameters as a pytree, one
 ``jax.jit``-compiled train step (``value_and_grad``, ``optax.chain(add_decayed_weights, sgd)``
 with an ``exponential_decay`` schedule, the moving average updated inside the step), shuffled
-numpy batches in ``DataSet.next_batch`` order handed to the step.
+numpy batches in ``DataSet.next_batch`` order handed to the step. The LeNet program (mnistlab's
+``lenet`` preset: momentum, staircase decay, dropout) is written with ``lax.conv_general_dilated``
+and ``lax.reduce_window`` in NHWC, dropout keyed by the step.
 
 Where JAX forces a difference: none in the mathematics. The moving average is written out
 (TF's rule) because optax's ``ema`` averages updates, not parameters; ``add_decayed_weights``
@@ -31,34 +33,25 @@ class Trainer:
         import optax
 
         self.jax, self.optax, self.program, self.data = jax, optax, program, data
-        sizes = [784, *program.hidden, 10]
-        keys = jax.random.split(jax.random.PRNGKey(seed), len(sizes) - 1)
-        params = [
-            {
-                "w": program.init_std * jax.random.normal(k, (a, b), jnp.float32),
-                "b": jnp.full((b,), program.bias_init, jnp.float32),
-            }
-            for k, a, b in zip(keys, sizes, sizes[1:], strict=False)
-        ]
+        params = _initial(program, seed)
+        forward = _lenet_forward if program.model == "lenet" else _dense_forward
+        dropout_key = jax.random.PRNGKey(seed + 1)
 
-        def forward(params: Any, x: Any) -> Any:
-            for i, layer in enumerate(params):
-                x = x @ layer["w"] + layer["b"]
-                if i < len(params) - 1:
-                    x = jax.nn.relu(x)
-            return x
-
-        def loss_fn(params: Any, x: Any, y: Any) -> Any:
-            logits = forward(params, x)
+        def loss_fn(params: Any, x: Any, y: Any, n: Any) -> Any:
+            key = jax.random.fold_in(dropout_key, n.astype(jnp.int32)) if program.dropout else None
+            logits = forward(params, x, program.dropout, key)
             return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
 
-        schedule = optax.exponential_decay(program.lr, data.decay_steps, program.lr_decay)
+        schedule = optax.exponential_decay(
+            program.lr, data.decay_steps, program.lr_decay, staircase=program.staircase
+        )
         mask = [{"w": True, "b": False} for _ in params]
-        tx = optax.chain(optax.add_decayed_weights(program.l2, mask=mask), optax.sgd(schedule))
+        sgd = optax.sgd(schedule, momentum=program.momentum or None)
+        tx = optax.chain(optax.add_decayed_weights(program.l2, mask=mask), sgd)
 
         @jax.jit
         def train_step(params: Any, opt_state: Any, shadows: Any, n: Any, x: Any, y: Any) -> Any:
-            loss, grads = jax.value_and_grad(loss_fn)(params, x, y)
+            loss, grads = jax.value_and_grad(loss_fn)(params, x, y, n)
             updates, opt_state = tx.update(grads, opt_state, params)
             params = optax.apply_updates(params, updates)
             if program.ema:
@@ -68,12 +61,19 @@ class Trainer:
 
         @jax.jit
         def accuracy(params: Any, x: Any, y: Any) -> Any:
-            return (forward(params, x).argmax(1) == y).mean()
+            return (forward(params, x, 0.0, None).argmax(1) == y).mean()
 
-        self.train_step, self.accuracy = train_step, accuracy
+        self.train_step, self._accuracy = train_step, accuracy
         self.params, self.opt_state, self.shadows = params, tx.init(params), params
         self.next_batch = NextBatch(len(data.train_y), program.batch_size, seed)
         self.step, self.val_acc, self.loss = 0, None, None
+
+    def accuracy(self, params: Any, x: Any, y: Any, chunk: int = 1000) -> float:
+        """Accuracy over ``x`` in chunks (LeNet's activations for 10,000 images at once would
+        take gigabytes)."""
+        hits = sum(float(self._accuracy(params, x[i : i + chunk], y[i : i + chunk])) * len(y[i : i + chunk])
+                   for i in range(0, len(y), chunk))  # fmt: skip
+        return hits / len(y)
 
     @property
     def evaluated(self) -> Any:
@@ -132,3 +132,55 @@ def serve_rounds(program: Program, data: Data, seed: int, threads: int) -> None:
         began = time.perf_counter()
         trainer.advance(k)
         print(f"{time.perf_counter() - began:.9f}", flush=True)
+
+
+def _initial(program: Program, seed: int) -> list[dict[str, Any]]:
+    """Weights from N(0, std) (or truncated at two std), biases constant; conv kernels HWIO."""
+    import jax
+    import jax.numpy as jnp
+
+    if program.model == "lenet":
+        shapes = [(5, 5, 1, 32), (5, 5, 32, 64), (7 * 7 * 64, program.hidden[0]),
+                  (program.hidden[0], 10)]  # fmt: skip
+    else:
+        sizes = [784, *program.hidden, 10]
+        shapes = list(zip(sizes, sizes[1:], strict=False))
+    keys = jax.random.split(jax.random.PRNGKey(seed), len(shapes))
+    layers = []
+    for key, shape in zip(keys, shapes, strict=True):
+        if program.init == "truncated_normal":
+            w = jax.random.truncated_normal(key, -2.0, 2.0, shape, jnp.float32)
+        else:
+            w = jax.random.normal(key, shape, jnp.float32)
+        layers.append({"w": program.init_std * w,
+                       "b": jnp.full((shape[-1],), program.bias_init, jnp.float32)})  # fmt: skip
+    return layers
+
+
+def _dense_forward(params: Any, x: Any, dropout: float, key: Any) -> Any:
+    import jax
+
+    for i, layer in enumerate(params):
+        x = x @ layer["w"] + layer["b"]
+        if i < len(params) - 1:
+            x = jax.nn.relu(x)
+    return x
+
+
+def _lenet_forward(params: Any, x: Any, dropout: float, key: Any) -> Any:
+    """conv 5x5 (same) → ReLU → max-pool 2, twice; dense → ReLU → dropout; logits (NHWC)."""
+    import jax
+    import jax.numpy as jnp
+    from jax import lax
+
+    x = x.reshape(-1, 28, 28, 1)
+    for conv in params[:2]:
+        x = lax.conv_general_dilated(x, conv["w"], (1, 1), "SAME",
+                                     dimension_numbers=("NHWC", "HWIO", "NHWC"))  # fmt: skip
+        x = jax.nn.relu(x + conv["b"])
+        x = lax.reduce_window(x, -jnp.inf, lax.max, (1, 2, 2, 1), (1, 2, 2, 1), "VALID")
+    x = jax.nn.relu(x.reshape(x.shape[0], -1) @ params[2]["w"] + params[2]["b"])
+    if key is not None and dropout:
+        keep = jax.random.bernoulli(key, 1.0 - dropout, x.shape)
+        x = jnp.where(keep, x / (1.0 - dropout), 0.0)
+    return x @ params[3]["w"] + params[3]["b"]
