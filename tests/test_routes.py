@@ -5,17 +5,24 @@ fixed rule per CPU and a resume keeps the route its checkpoint recorded."""
 
 from __future__ import annotations
 
+import copy
+from pathlib import Path
+
 import pytest
 import torch
 
 from mnistlab.config import resolve
-from mnistlab.errors import ConfigError
+from mnistlab.errors import CheckpointError, ConfigError
+from mnistlab.io.checkpoint import load_checkpoint
 from mnistlab.train import build_run, routes
 from mnistlab.train.dense import FusedDenseEngine
 from mnistlab.train.loop import _Loop
 
 from .conftest import small_config
 from .dist_worker import as_dtype
+from .forge import forge
+
+FIXTURE = Path(__file__).parent / "fixtures" / "v1-seed-mlp-step4.pt"
 
 ONEDNN = torch.backends.mkldnn.is_available()
 FAST = ["mkl", pytest.param("onednn", marks=pytest.mark.skipif(not ONEDNN, reason="no oneDNN"))]
@@ -168,3 +175,20 @@ def test_weight_decay_keeps_float32s_accuracy_over_many_steps(sample_splits, rou
     got = run.parameters()[0].detach().double()
     relative = float(((got - truth).abs() / truth.abs().clamp_min(1e-3)).max())
     assert relative < 2e-6, f"{route}: decay off by {relative:.2g} relative after {steps} steps"
+
+
+@pytest.mark.parametrize("route", ["exact", "mkl", "onednn", None])
+def test_a_recorded_route_loads(route, tmp_path):
+    state = copy.deepcopy(load_checkpoint(FIXTURE).state)
+    state["dense_route"] = route
+    assert load_checkpoint(forge(tmp_path / "x.pt", state)).state.get("dense_route") == route
+
+
+@pytest.mark.parametrize("route", ["auto", "cuda-magic", 3, ["mkl"]])
+def test_a_forged_route_is_refused(route, tmp_path):
+    """The recorded route picks the code a resume runs: only the routes a run records load."""
+    state = copy.deepcopy(load_checkpoint(FIXTURE).state)
+    state["dense_route"] = route
+    path = forge(tmp_path / "x.pt", state)
+    with pytest.raises(CheckpointError, match="dense_route"):
+        load_checkpoint(path)
