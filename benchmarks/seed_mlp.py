@@ -141,9 +141,9 @@ def burst_ms(step: Callable[[], None], bursts: int, n: int = 20) -> tuple[float,
 class JaxSteps:
     """The JAX port's warm steps, in a process of the given interpreter, timed on request."""
 
-    def __init__(self, python: str, dataset: str, data_dir: str | None):
+    def __init__(self, python: str, dataset: str, data_dir: str | None, threads: int):
         cmd = [python, str(HERE / "frameworks.py"), "--run", "jax", "--serve"]
-        cmd += ["--programs", "mlp", "--dataset", dataset]
+        cmd += ["--programs", "mlp", "--dataset", dataset, "--threads", str(threads)]
         cmd += ["--data-dir", data_dir] if data_dir else []
         env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONWARNINGS": "ignore"}
         self.child = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
@@ -203,8 +203,13 @@ def main() -> None:
 
     # -- the steps, interleaved ----------------------------------------------------------------
     data = load_splits(dataset, data_dir)
+    # Every subject on the same thread count: mnistlab's own rule (train.threads=0) would leave
+    # the cores a neighbour holds at start, and the JAX port's XLA takes all of them.
+    threads = torch.get_num_threads()
+    print(f"threads: {threads} for every subject (--threads)")
     settings = [
         f"train.steps={args.steps}",
+        f"train.threads={threads}",
         "tracking.tensorboard=false",
         "tracking.jsonl=false",
         "checkpoint.every=0",
@@ -213,7 +218,7 @@ def main() -> None:
                f"train.route={r}"]) for r in ROUTES}  # fmt: skip
     configs["mnistlab, train.fused=false"] = resolve("seed-mlp", None, [*settings,
                                                      "train.fused=false"])  # fmt: skip
-    jax = JaxSteps(args.jax, dataset, data_dir) if args.jax else None
+    jax = JaxSteps(args.jax, dataset, data_dir, 1 if threads == 1 else 0) if args.jax else None
     times: dict[str, list[float]] = {k: [] for k in configs}
     if jax is not None:
         times["jax port (warm steps)"] = []
