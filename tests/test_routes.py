@@ -109,15 +109,25 @@ def test_auto_resumes_by_the_route_its_checkpoint_recorded(sample_splits):
         small_config("seed-mlp", "train.steps=50", "train.route=exact"), sample_splits
     )
     again, run, engine = trained(
-        small_config("seed-mlp", "train.steps=100"), sample_splits, halfway.state_dict()
+        small_config("seed-mlp", "train.steps=100", "train.route=auto"),
+        sample_splits,
+        halfway.state_dict(),
     )
     assert engine.route == "exact" and run.dense_route == "exact"
     for a, b in zip(whole, again, strict=True):
         assert torch.equal(a, b)
 
 
-def test_a_fresh_auto_run_records_the_route_of_its_cpu(sample_splits):
+def test_the_default_route_is_exact(sample_splits):
     _, run, engine = trained(small_config("seed-mlp", "train.steps=10"), sample_splits)
+    assert engine.route == "exact" and engine.name == "fused"
+    assert run.state_dict()["dense_route"] == "exact"
+
+
+def test_a_fresh_auto_run_records_the_route_of_its_cpu(sample_splits):
+    _, run, engine = trained(
+        small_config("seed-mlp", "train.steps=10", "train.route=auto"), sample_splits
+    )
     chosen = routes.auto_route(torch.device("cpu"), torch.float32)
     assert engine.route == chosen and run.state_dict()["dense_route"] == chosen
 
