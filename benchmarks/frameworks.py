@@ -135,6 +135,42 @@ def check_choices(args: argparse.Namespace) -> tuple[list[str], list[str]]:
     return frameworks, programs
 
 
+def write_report(
+    args: argparse.Namespace,
+    where: str,
+    rows: list[dict[str, Any]],
+    skipped: dict[str, str],
+    done: int,
+    *,
+    quiet: bool,
+) -> dict[str, dict[str, dict[str, Any]]]:
+    """frameworks.json (and the PNG) for the rounds done so far; returns the summary."""
+    summary = summarize(rows)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    report = {
+        "machine": machine(),
+        "cpu": cpu(),
+        "dataset": where,
+        "seed": args.seed,
+        "rounds": args.rounds,
+        "rounds_done": done,
+        "command": sys.argv,
+        "summary": summary,
+        "rows": rows,
+        "skipped": skipped,
+    }
+    (out / "frameworks.json").write_text(json.dumps(report, indent=2) + "\n")
+    written = [out / "frameworks.json"]
+    if summary:
+        title = f"{Path(where.split(' ')[0]).name}; {cpu_line()}"
+        bar_chart(summary, out / "frameworks.png", title)
+        written.append(out / "frameworks.png")
+    if not quiet:
+        print("wrote " + " and ".join(map(str, written)))
+    return summary
+
+
 def compare(args: argparse.Namespace) -> int:
     frameworks, programs = check_choices(args)
     where = f"{args.dataset}" + (f" from {args.data_dir}" if args.data_dir else "")
@@ -154,6 +190,7 @@ def compare(args: argparse.Namespace) -> int:
         if program in programs and others:
             print(f"{program}: no port for {', '.join(others)} (ported: {', '.join(ported)})")
     rows: list[dict[str, Any]] = []
+    summary: dict[str, dict[str, dict[str, Any]]] = {}
     for r in range(args.rounds):
         order = round_order(running, r)
         print(f"round {r + 1}/{args.rounds}: {' '.join(order)}", flush=True)
@@ -171,30 +208,11 @@ def compare(args: argparse.Namespace) -> int:
                 )
                 print(f"  {framework} {row['program']}: {status} "
                       f"(load {_load_text(before)})", flush=True)  # fmt: skip
-    summary = summarize(rows)
+        # Written after every round, so a run cut short keeps the rounds it finished.
+        summary = write_report(args, where, rows, skipped, r + 1, quiet=r + 1 < args.rounds)
     print(table(summary))
     if args.rounds == 1:
         print("one round: its ratios come from a single pass; use --rounds 3 or more to compare")
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    report = {
-        "machine": machine(),
-        "cpu": cpu(),
-        "dataset": where,
-        "seed": args.seed,
-        "rounds": args.rounds,
-        "command": sys.argv,
-        "summary": summary,
-        "rows": rows,
-        "skipped": skipped,
-    }
-    (out / "frameworks.json").write_text(json.dumps(report, indent=2) + "\n")
-    written = [out / "frameworks.json"]
-    if summary:
-        title = f"{Path(where.split(' ')[0]).name}; {cpu_line()}"
-        bar_chart(summary, out / "frameworks.png", title)
-        written.append(out / "frameworks.png")
-    print("wrote " + " and ".join(map(str, written)))
     return 1 if any("error" in r for r in rows) else 0
 
 
