@@ -235,6 +235,8 @@ def main() -> None:
             else:
                 seconds = bare_loop(data, args.steps, 1)
             times[name].append(1e3 * seconds / args.steps)
+        done = ", ".join(f"{name.split(',')[-1].strip()} {v[-1]:.3f}" for name, v in times.items())
+        print(f"round {r + 1}/{args.repeats} (ms/step): {done}", flush=True)
     if jax is not None:
         jax.close()
 
