@@ -15,6 +15,7 @@ The fused dense step (``train/dense.py``) computes the same training three ways:
 The last two agree with ``exact`` to float32's rounding (their products sum in another order),
 not bit for bit. ``auto`` picks one by a fixed rule per CPU at run start (so two runs on one
 machine give the same digits) and a checkpoint records it, so a resume goes on by the same route.
+The default is ``exact`` (``config/schema.py``); the others are opt-in.
 """
 
 from __future__ import annotations
