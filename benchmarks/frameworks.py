@@ -17,22 +17,29 @@ memory. Training time runs from the first step to the end of the last, validatio
 loading data and building the model are not counted. Each port's docstring says where its
 framework forces a difference.
 
-    python benchmarks/frameworks.py                       # full MNIST, 1,000 / 30,000 steps
+One pass on a shared machine cannot carry a ratio: speed drifts by tens of percent within
+minutes. So the frameworks run in ``--rounds`` rounds, in the given order and then reversed
+(A B C, C B A, A B C, ...); each framework's time is divided by mnistlab's in the same round; the
+report gives the median and the range of those ratios over the rounds, and calls a difference
+only when the range does not cross 1 (``rounds.py``). The load average before each run, and the
+CPU's model, family and vector flags, are printed and stored beside the figures.
+
+    python benchmarks/frameworks.py --rounds 5            # full MNIST, 1,000 / 30,000 steps
+    python benchmarks/frameworks.py --rounds 3 --frameworks mnistlab,jax --programs mlp
     python benchmarks/frameworks.py --steps 200 --frameworks mnistlab,pytorch
     python benchmarks/frameworks.py --parity              # TF compat.v1 vs mnistlab, step by step
     python benchmarks/frameworks.py --device cuda         # the GPU column (torch-based ports)
 
-Prints a table and writes ``--out``/frameworks.json and frameworks.png. A framework that is not
-installed is skipped with the line that installs it (``pip install 'mnistlab[compare]'``).
+Prints a table and writes ``--out``/frameworks.json (every run, the summary, the machine) and
+frameworks.png. A framework that is not installed is skipped with the line that installs it
+(``pip install 'mnistlab[compare]'``).
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
-import platform
 import subprocess
 import sys
 from pathlib import Path
@@ -40,56 +47,29 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from common import cpu_name, default_data  # noqa: E402
-from ports.common import PROGRAMS, load  # noqa: E402
+from catalog import (  # noqa: E402
+    FRAMEWORKS,
+    cpu,
+    cpu_line,
+    data_folder,
+    load_average,
+    machine,
+    missing,
+)
+from common import default_data  # noqa: E402
+from ports.common import PORTED, PROGRAMS, load  # noqa: E402
+from rounds import bar_chart, round_order, summarize, table  # noqa: E402
 
-FRAMEWORKS = ("mnistlab", "pytorch", "tf-v1", "keras", "jax")
-NEEDS = {
-    "mnistlab": ("mnistlab", "torch"),
-    "pytorch": ("torch",),
-    "tf-v1": ("tensorflow",),
-    "keras": ("tensorflow", "keras"),
-    "jax": ("jax", "optax"),
-}
-INSTALL = {
-    "tensorflow": "pip install 'mnistlab[compare]' (or: pip install tensorflow-cpu)",
-    "keras": "pip install 'mnistlab[compare]' (or: pip install tensorflow-cpu)",
-    "jax": "pip install 'mnistlab[compare]' (or: pip install 'jax[cpu]' optax)",
-    "optax": "pip install 'mnistlab[compare]' (or: pip install optax)",
-    "torch": "pip install torch",
-    "mnistlab": "pip install -e . (from the checkout)",
-}
 ON_DEVICE = ("mnistlab", "pytorch")
 """The ports that also run on a GPU (``--device cuda``); the others measure the CPU."""
 CHILD_ENV = {"TF_CPP_MIN_LOG_LEVEL": "3", "KERAS_BACKEND": "tensorflow", "PYTHONWARNINGS": "ignore"}
 
 
-def missing(framework: str) -> str | None:
-    """Why ``framework`` cannot run here (the module missing and how to install it), or None."""
-    for module in NEEDS[framework]:
-        if importlib.util.find_spec(module) is None:
-            return f"{module} is not installed: {INSTALL[module]}"
-    return None
-
-
-def data_folder(dataset: str, data_dir: str | None) -> tuple[str, int]:
-    """The folder of the four IDX files and the validation size mnistlab uses for ``dataset``."""
-    from mnistlab.data.registry import get_dataset
-
-    spec = get_dataset(dataset)
-    if data_dir:
-        return data_dir, spec.validation_size
-    if dataset == "mnist-sample":
-        import mnistlab.data
-
-        return str(Path(mnistlab.data.__file__).parent / "sample"), spec.validation_size
-    raise SystemExit(f"--data-dir is needed for {dataset}")
-
-
 # -- one framework's runs, in a child process --------------------------------------------------
 def run_one(framework: str, program_name: str, args: argparse.Namespace) -> dict[str, Any]:
     program = PROGRAMS[program_name]
-    steps = args.steps or (args.mlp_steps if program_name == "mlp" else 0) or program.steps
+    own = {"mlp": args.mlp_steps, "lenet": args.lenet_steps}.get(program_name, 0)
+    steps = args.steps or own or program.steps
     if framework == "mnistlab":
         from ports import mnistlab_entry
 
@@ -120,6 +100,7 @@ def spawn(framework: str, programs: list[str], args: argparse.Namespace) -> list
     cmd += ["--data-dir", args.data_dir] if args.data_dir else []
     cmd += ["--steps", str(args.steps)] if args.steps else []
     cmd += ["--mlp-steps", str(args.mlp_steps)] if args.mlp_steps else []
+    cmd += ["--lenet-steps", str(args.lenet_steps)] if args.lenet_steps else []
     env = {**os.environ, **CHILD_ENV}
     env["PYTHONPATH"] = os.pathsep.join([str(HERE.parent / "src"), env.get("PYTHONPATH", "")])
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=args.timeout)
@@ -135,71 +116,8 @@ def spawn(framework: str, programs: list[str], args: argparse.Namespace) -> list
     return rows
 
 
-# -- the report -----------------------------------------------------------------------------------
-def machine() -> str:
-    """The machine without torch's settings: every framework here picks its own threads."""
-    cpu = cpu_name()
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return f"{cpu}, {cores} cores, Python {platform.python_version()}, {platform.platform()}"
-
-
-def table(rows: list[dict[str, Any]]) -> str:
-    base = {
-        r["program"]: r["train_seconds"]
-        for r in rows
-        if r.get("framework") == "mnistlab" and "error" not in r
-    }
-    head = (
-        f"{'program':<8} {'framework':<10} {'version':<44} {'device':<6} {'threads':<8} "
-        f"{'train s':>9} {'samples/s':>10} {'test acc':>9} {'x mnistlab':>10}"
-    )
-    lines = [head, "-" * len(head)]
-    for r in rows:
-        if "error" in r:
-            lines.append(f"{r['program']:<8} {r['framework']:<10} failed: {r['error']}")
-            continue
-        rel = r["train_seconds"] / base[r["program"]] if r["program"] in base else None
-        threads = r["threads"].split(" ")[0] if r["threads"].startswith("XLA") else r["threads"]
-        lines.append(
-            f"{r['program']:<8} {r['framework']:<10} {r['version'][:44]:<44} {r['device']:<6} "
-            f"{threads:<8} {r['train_seconds']:>9.2f} {r['samples_per_second']:>10,.0f} "
-            f"{100 * r['test_accuracy']:>8.2f}% {'' if rel is None else f'{rel:.2f}x':>10}"
-        )
-    return "\n".join(lines)
-
-
-def bar_chart(rows: list[dict[str, Any]], path: Path, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    programs = [p for p in PROGRAMS if any(r["program"] == p and "error" not in r for r in rows)]
-    fig, axes = plt.subplots(1, len(programs), figsize=(6 * len(programs), 3.2), squeeze=False)
-    for ax, program in zip(axes[0], programs, strict=True):
-        ok = [r for r in rows if r["program"] == program and "error" not in r]
-        names = [r["framework"] for r in ok]
-        secs = [r["train_seconds"] for r in ok]
-        bars = ax.barh(names, secs, color="#4c72b0")
-        for bar, r in zip(bars, ok, strict=True):
-            ax.text(
-                bar.get_width(),
-                bar.get_y() + bar.get_height() / 2,
-                f" {r['train_seconds']:.1f} s, {100 * r['test_accuracy']:.2f}%",
-                va="center",
-                fontsize=8,
-            )
-        ax.invert_yaxis()
-        ax.set_xlabel("training time (s), lower is better")
-        ax.set_title(f"{PROGRAMS[program].preset}, {ok[0]['steps']:,} steps")
-        ax.set_xlim(0, max(secs) * 1.6)
-    fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-
-
-def compare(args: argparse.Namespace) -> int:
+# -- the rounds ---------------------------------------------------------------------------------
+def check_choices(args: argparse.Namespace) -> tuple[list[str], list[str]]:
     frameworks = args.frameworks.split(",")
     unknown = [f for f in frameworks if f not in FRAMEWORKS]
     if unknown:
@@ -207,14 +125,58 @@ def compare(args: argparse.Namespace) -> int:
     programs = args.programs.split(",")
     if any(p not in PROGRAMS for p in programs):
         raise SystemExit(f"--programs takes {', '.join(PROGRAMS)}; got {args.programs}")
+    if args.rounds < 1:
+        raise SystemExit(f"--rounds must be at least 1; got {args.rounds}")
     if args.device != "cpu":
         import torch
 
         if not torch.cuda.is_available():
             raise SystemExit("--device cuda: torch sees no CUDA device on this machine")
+    return frameworks, programs
+
+
+def write_report(
+    args: argparse.Namespace,
+    where: str,
+    rows: list[dict[str, Any]],
+    skipped: dict[str, str],
+    done: int,
+    *,
+    quiet: bool,
+) -> dict[str, dict[str, dict[str, Any]]]:
+    """frameworks.json (and the PNG) for the rounds done so far; returns the summary."""
+    summary = summarize(rows)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    report = {
+        "machine": machine(),
+        "cpu": cpu(),
+        "dataset": where,
+        "seed": args.seed,
+        "rounds": args.rounds,
+        "rounds_done": done,
+        "command": sys.argv,
+        "summary": summary,
+        "rows": rows,
+        "skipped": skipped,
+    }
+    (out / "frameworks.json").write_text(json.dumps(report, indent=2) + "\n")
+    written = [out / "frameworks.json"]
+    if summary:
+        title = f"{Path(where.split(' ')[0]).name}; {cpu_line()}"
+        bar_chart(summary, out / "frameworks.png", title)
+        written.append(out / "frameworks.png")
+    if not quiet:
+        print("wrote " + " and ".join(map(str, written)))
+    return summary
+
+
+def compare(args: argparse.Namespace) -> int:
+    frameworks, programs = check_choices(args)
     where = f"{args.dataset}" + (f" from {args.data_dir}" if args.data_dir else "")
-    print(f"machine: {machine()}\ndata: {where}; seed {args.seed}", flush=True)
-    rows, skipped = [], {}
+    print(f"machine: {machine()}\ndata: {where}; seed {args.seed}; {args.rounds} round(s)")
+    print(f"load average at start: {_load_text(load_average())}", flush=True)
+    skipped: dict[str, str] = {}
     for framework in frameworks:
         why = missing(framework)
         if not why and args.device != "cpu" and framework not in ON_DEVICE:
@@ -222,41 +184,68 @@ def compare(args: argparse.Namespace) -> int:
         if why:
             skipped[framework] = why
             print(f"skipped {framework}: {why}", flush=True)
-            continue
-        for row in spawn(framework, programs, args):
-            rows.append(row)
-            status = row.get("error") or (
-                f"{row['train_seconds']:.2f} s, test {100 * row['test_accuracy']:.2f}%"
-            )
-            print(f"  {framework} {row['program']}: {status}", flush=True)
-    print(table(rows))
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    report = {"machine": machine(), "dataset": where, "seed": args.seed, "command": sys.argv}
-    report |= {"rows": rows, "skipped": skipped}
-    (out / "frameworks.json").write_text(json.dumps(report, indent=2) + "\n")
-    written = [out / "frameworks.json"]
-    if any("error" not in r for r in rows):
-        short = machine().split(", Python")[0]
-        bar_chart(rows, out / "frameworks.png", f"{Path(where.split(' ')[0]).name}; {short}")
-        written.append(out / "frameworks.png")
-    print("wrote " + " and ".join(map(str, written)))
+    running = [f for f in frameworks if f not in skipped]
+    for program, ported in PORTED.items():
+        others = [f for f in running if f not in ported]
+        if program in programs and others:
+            print(f"{program}: no port for {', '.join(others)} (ported: {', '.join(ported)})")
+    rows: list[dict[str, Any]] = []
+    summary: dict[str, dict[str, dict[str, Any]]] = {}
+    for r in range(args.rounds):
+        order = round_order(running, r)
+        print(f"round {r + 1}/{args.rounds}: {' '.join(order)}", flush=True)
+        for framework in order:
+            mine = [p for p in programs if framework in PORTED.get(p, FRAMEWORKS)]
+            if not mine:
+                continue
+            before = load_average()
+            for row in spawn(framework, mine, args):
+                row |= {"round": r + 1, "load_before": before, "load_after": load_average()}
+                row["load_1min"] = before[0] if before else None
+                rows.append(row)
+                status = row.get("error") or (
+                    f"{row['train_seconds']:.2f} s, test {100 * row['test_accuracy']:.2f}%"
+                )
+                print(f"  {framework} {row['program']}: {status} "
+                      f"(load {_load_text(before)})", flush=True)  # fmt: skip
+        # Written after every round, so a run cut short keeps the rounds it finished.
+        summary = write_report(args, where, rows, skipped, r + 1, quiet=r + 1 < args.rounds)
+    print(table(summary))
+    if args.rounds == 1:
+        print("one round: its ratios come from a single pass; use --rounds 3 or more to compare")
     return 1 if any("error" in r for r in rows) else 0
+
+
+def _load_text(load: tuple[float, float, float] | None) -> str:
+    return "unknown" if load is None else " ".join(f"{v:.2f}" for v in load)
 
 
 def main(argv: list[str] | None = None) -> int:
     dataset, data_dir = default_data()
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--frameworks", default=",".join(FRAMEWORKS), help="comma-separated subset")
-    p.add_argument("--programs", default="softmax,mlp", help="softmax, mlp or both")
+    p.add_argument(
+        "--programs",
+        default="softmax,mlp",
+        help="softmax, mlp, lenet (mnistlab and jax only), comma-separated",
+    )
     p.add_argument("--steps", type=int, default=0, help="steps of each program (default: its own)")
     p.add_argument(
         "--mlp-steps", type=int, default=0, help="steps of the MLP alone (default: 30,000)"
+    )
+    p.add_argument(
+        "--lenet-steps", type=int, default=0, help="steps of LeNet alone (default: 10,000)"
     )
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--dataset", default=dataset, help=f"default: {dataset}")
     p.add_argument("--data-dir", default=data_dir, help=f"default: {data_dir}")
     p.add_argument("--threads", type=int, default=0, help="CPU threads (0: each one's default)")
+    p.add_argument(
+        "--rounds",
+        type=int,
+        default=3,
+        help="rounds of every framework, in alternating order (default 3)",
+    )
     p.add_argument(
         "--device", default="cpu", choices=["cpu", "cuda"], help="cuda: mnistlab and pytorch only"
     )
@@ -271,9 +260,17 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--snapshot-every", type=int, default=50, help="parity: compare weights every N")
     p.add_argument("--run", choices=FRAMEWORKS, help=argparse.SUPPRESS)
+    p.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.dataset == "mnist-sample":
         args.data_dir = None
+    if args.run == "jax" and args.serve:  # seed_mlp.py --jax: warm steps timed on request
+        from ports import jax_optax
+
+        folder, validation = data_folder(args.dataset, args.data_dir)
+        data = load(folder, validation)
+        jax_optax.serve_rounds(PROGRAMS[args.programs], data, args.seed, args.threads)
+        return 0
     if args.run:
         for program in args.programs.split(","):
             print(json.dumps(run_one(args.run, program, args)), flush=True)

@@ -134,7 +134,7 @@ def _tf_child(argv: list[str]) -> int:
     """In its own process (TensorFlow and torch never share one): run the TF side."""
     program, given, got, dataset, data_dir, validation, threads = argv
     sys.path.insert(0, str(HERE))
-    from frameworks import data_folder
+    from catalog import data_folder
     from ports import tf_v1
     from ports.common import PROGRAMS, load
 
@@ -262,7 +262,7 @@ def describe(r: dict[str, Any]) -> str:
 
 
 def run_parity(args: argparse.Namespace) -> int:
-    from frameworks import machine, missing
+    from catalog import machine, missing
 
     why = missing("tf-v1")
     if why:

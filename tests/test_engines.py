@@ -1,6 +1,6 @@
-"""The engines behind the loop compute the same training: the fused dense step is bit-equal to
-autograd on the CPU; the device-table step (the one CUDA captures) and its compiled form agree
-with it within 1e-5 after 100 steps."""
+"""The engines behind the loop compute the same training: the fused dense step's ``exact`` route
+is bit-equal to autograd on the CPU (its other routes: tests/test_routes.py); the device-table
+step (the one CUDA captures) and its compiled form agree with it within 1e-5 after 100 steps."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ import torch
 from mnistlab.io.checkpoint import CheckpointCallback, load_checkpoint
 from mnistlab.train import build_run
 from mnistlab.train.captured import TabledAutogradEngine, captured_reason
-from mnistlab.train.dense import FusedDenseEngine, TabledDenseEngine, fused_reason
+from mnistlab.train.dense import FusedDenseEngine, fused_reason
+from mnistlab.train.dense_tables import TabledDenseEngine
 from mnistlab.train.engine import AutogradEngine
 from mnistlab.train.loop import _Loop
 from mnistlab.train.steps import select_engine
@@ -31,7 +32,7 @@ def trained(config, data, engine=None):
 
 @pytest.mark.parametrize("preset", ["seed-softmax", "seed-mlp", "seed-mlp-book"])
 def test_fused_step_is_bit_equal_to_autograd(sample_splits, preset):
-    config = small_config(preset, "train.steps=100")
+    config = small_config(preset, "train.steps=100", "train.route=exact")
     fused, loss_f, loop = trained(config, sample_splits)
     assert isinstance(loop.engine, FusedDenseEngine)
     auto, loss_a, loop = trained(
@@ -67,7 +68,7 @@ def tables(compile_step: bool):
 
 
 def test_device_table_step_agrees_within_1e5(sample_splits):
-    config = small_config("seed-mlp", "train.steps=100")
+    config = small_config("seed-mlp", "train.steps=100", "train.route=exact")
     eager, loss_e, _ = trained(config, sample_splits)
     table, loss_t, _ = trained(config, sample_splits, tables(False))
     assert abs(loss_e - loss_t) <= 1e-5 * abs(loss_e)
@@ -78,7 +79,7 @@ def test_device_table_step_trains_what_the_model_holds_and_leaves_it_there(sampl
     """The table step runs on its own flat buffers: a state loaded into the model after the
     engine was made (as a resume does) is what it trains on, and at every boundary the model's
     parameters, gradients and shadows hold what it computed."""
-    config = small_config("seed-mlp", "train.steps=100", "train.log_every=30")
+    config = small_config("seed-mlp", "train.steps=100", "train.log_every=30", "train.route=exact")
     reference, _, _ = trained(config, sample_splits)
     halfway = build_run(small_config("seed-mlp", "train.steps=50"), sample_splits)
     _Loop(halfway).run()
@@ -229,7 +230,7 @@ def test_what_the_captured_step_does_not_cover(sample_splits):
 @pytest.mark.timeout(600)
 def test_compiled_step_agrees_with_the_eager_step_within_1e5(sample_splits):
     """torch.compile of the step (inductor's C++ backend here) against the eager fused step."""
-    config = small_config("seed-mlp", "train.steps=100")
+    config = small_config("seed-mlp", "train.steps=100", "train.route=exact")
     eager, loss_e, _ = trained(config, sample_splits)
     compiled, loss_c, loop = trained(config, sample_splits, tables(True))
     assert "compiled" in loop.engine.name, "compilation fell back to eager"
@@ -248,7 +249,7 @@ def test_a_failed_compile_says_so_and_trains_uncompiled(sample_splits, monkeypat
         return fail
 
     monkeypatch.setattr(torch, "compile", broken)
-    config = small_config("seed-mlp", "train.steps=100")
+    config = small_config("seed-mlp", "train.steps=100", "train.route=exact")
     eager, _, _ = trained(config, sample_splits)
     table, _, loop = trained(config, sample_splits, tables(True))
     assert loop.engine.name == "fused+tables"

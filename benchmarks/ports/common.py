@@ -34,6 +34,15 @@ class Program:
     steps: int
     eval_every: int
     batch_size: int = 100
+    model: str = "dense"
+    """``dense`` (784 → hidden → 10, ReLU between) or ``lenet`` (mnistlab's ``lenet`` model)."""
+    init: str = "normal"
+    """``normal`` or ``truncated_normal`` (redrawn beyond two standard deviations)."""
+    momentum: float = 0.0
+    staircase: bool = False
+    """The decay's exponent in whole epochs (``decay_steps``) instead of fractional ones."""
+    dropout: float = 0.0
+    """Dropout before the logits layer (LeNet's dense layer), during training only."""
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -42,7 +51,27 @@ class Program:
 PROGRAMS = {
     "softmax": Program("softmax", "seed-softmax", (), 0.1, 0.0, 0.5, 1.0, 0.0, 0.0, 1000, 100),
     "mlp": Program("mlp", "seed-mlp", (500,), 0.1, 0.1, 0.1, 0.99, 1e-4, 0.99, 30_000, 500),
+    "lenet": Program(
+        "lenet",
+        "lenet",
+        (512,),
+        0.1,
+        0.1,
+        0.01,
+        0.95,
+        5e-4,
+        0.99,
+        10_000,
+        500,
+        model="lenet",
+        init="truncated_normal",
+        momentum=0.9,
+        staircase=True,
+        dropout=0.5,
+    ),  # fmt: skip
 }
+PORTED = {"lenet": ("mnistlab", "jax")}
+"""The programs only some frameworks have a port of (the others run every program)."""
 
 
 @dataclass

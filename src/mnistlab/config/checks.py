@@ -15,6 +15,7 @@ from dataclasses import fields
 
 from mnistlab.config.model_rules import MODEL_RULES, layer_outputs, parameter_count
 from mnistlab.config.schema import (
+    DENSE_ROUTES,
     INIT_NAMES,
     INPUT_SHAPE,
     LOSS_NAMES,
@@ -211,6 +212,7 @@ def validate(config: Config, *, machine: bool = True) -> Config:
     _choice(t.loss, LOSS_NAMES, "train.loss")
     _choice(t.compile, SWITCHES, "train.compile")
     _choice(t.cuda_graphs, SWITCHES, "train.cuda_graphs")
+    _choice(t.route, DENSE_ROUTES, "train.route")
     _choice(p.mode, PARALLEL_MODES, "parallel.mode")
     _choice(p.schedule, SCHEDULES, "parallel.schedule")
     positive = {

@@ -19,6 +19,7 @@ OPTIMIZER_NAMES = ("sgd", "momentum", "nesterov", "adam")
 LR_SCHEDULES = ("exponential", "linear")
 LOSS_NAMES = ("stable", "naive")
 SWITCHES = ("auto", "on", "off")
+DENSE_ROUTES = ("auto", "exact", "mkl", "onednn")
 PARALLEL_MODES = ("none", "data", "async", "tensor", "pipeline")
 SCHEDULES = ("gpipe", "1f1b")
 
@@ -96,6 +97,13 @@ class TrainConfig:
     tf32: bool = False
     """On CUDA, let float32 matrix products and convolutions use TF32 (faster on Ampere and
     later, about 3 fewer significant digits). Off: exact float32, whatever torch's defaults."""
+    route: str = "exact"
+    """How the fused dense step runs on the CPU (``train/routes.py``): ``exact`` (the default:
+    autograd's kernels, bit-equal to autograd), ``mkl`` (SGD folded into the weight-gradient
+    product, no gradient buffer), ``onednn`` (as mkl, the forward products in oneDNN with bias and
+    ReLU fused); ``auto`` picks per CPU at run start, and a resume keeps the route its checkpoint
+    recorded. The fast routes sum in another order, so their losses leave exact's by more than
+    1e-5 within 1,000 steps (as exact's leave float64's): opt-in until that is judged."""
 
 
 @dataclass(frozen=True)

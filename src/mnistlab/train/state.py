@@ -88,6 +88,8 @@ class Run:
     best_step: int | None = None
     stop_requested: bool = False
     stop_signal: int | None = None
+    dense_route: str | None = None
+    """The fused dense step's route (``train/routes.py``), kept in checkpoints for the resume."""
 
     @property
     def is_main(self) -> bool:
@@ -160,6 +162,8 @@ class Run:
             # The CPU thread count chosen for this run: kernels such as oneDNN's convolutions
             # sum in a different order with another count, so a resume keeps it.
             "threads": torch.get_num_threads(),
+            # The fused dense step's route (its products sum in their own order): the same.
+            "dense_route": self.dense_route,
         }
 
     @torch.no_grad()
@@ -175,6 +179,7 @@ class Run:
         self.step = int(state["step"])
         if not self.config.train.threads and state.get("threads"):
             torch.set_num_threads(min(int(state["threads"]), cpu_threads()))
+        self.dense_route = state.get("dense_route")
         for param, saved in zip(
             self.parameters(), self.strategy.local_state(state["model"]), strict=True
         ):

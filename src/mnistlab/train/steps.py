@@ -12,7 +12,7 @@ behind, so checkpoints, resume and callbacks never care which one ran:
   process. The gradient is written out by hand, calling the very kernels autograd would call (so
   the result is bit-equal on CPU), into buffers allocated once: no graph to build, no fresh
   1.5 MB gradient on every step, no per-step host work beyond a few kernel calls.
-- ``TabledDenseEngine`` (``train/dense.py``; CUDA by default): the same step as one pure function
+- ``TabledDenseEngine`` (``train/dense_tables.py``; CUDA by default): the same step as one pure function
   that reads the learning rate, the EMA weight and the batch indices from device tables,
   captured as a CUDA graph of ``log_every`` steps that is replayed: one launch per stretch,
   nothing for the host to do between boundaries; ``train.compile=on`` passes it through
@@ -33,7 +33,8 @@ from typing import TYPE_CHECKING
 
 from mnistlab.errors import TrainingError
 from mnistlab.train.captured import TabledAutogradEngine, captured_reason
-from mnistlab.train.dense import FusedDenseEngine, TabledDenseEngine, fused_reason
+from mnistlab.train.dense import FusedDenseEngine, fused_reason
+from mnistlab.train.dense_tables import TabledDenseEngine
 from mnistlab.train.engine import AutogradEngine, Engine
 
 if TYPE_CHECKING:

@@ -36,6 +36,7 @@ import torch
 from mnistlab import __version__
 from mnistlab.config import Config, from_dict, parameter_count, validate
 from mnistlab.config.checks import show_int
+from mnistlab.config.schema import DENSE_ROUTES
 from mnistlab.errors import CheckpointError, ConfigError
 from mnistlab.models import StagedModel, model_spec
 
@@ -323,6 +324,9 @@ def _check(
     _metrics(state["metrics"], step)
     if state.get("threads") is not None:
         _int(state["threads"], "threads", 0, THREADS_MAX)
+    route = state.get("dense_route")
+    if route is not None and route not in DENSE_ROUTES[1:]:
+        _fail(f"dense_route is {_show(route)}, not one of {', '.join(DENSE_ROUTES[1:])}")
     return config
 
 
