@@ -18,6 +18,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import datetime
+import gc
 import os
 import sys
 import threading
@@ -105,6 +106,7 @@ def init_group(device: str = "auto") -> GroupInfo:
         }
         if place.type == "cuda":
             kwargs["device_id"] = place
+        _import_before_the_group()
         try:
             dist.init_process_group(store=_attempt_store(timeout), **kwargs)
         except Exception as exc:  # a rendezvous that cannot be reached, a port in use, ...
@@ -123,6 +125,21 @@ def init_group(device: str = "auto") -> GroupInfo:
         backend=str(dist.get_backend()),
         device=place,
     )
+
+
+def _import_before_the_group() -> None:
+    """Import, while no group exists, the torch module that would otherwise keep one alive.
+
+    ``torch.distributed.nn.functional`` declares its functions with ``group=group.WORLD`` as a
+    default argument, evaluated when the module is first imported. DDP imports it, inside the
+    group; ten of its functions then hold the default group for the life of the interpreter, so
+    ``destroy_process_group`` cannot free it: gloo's worker and socket threads stay alive into
+    interpreter shutdown, where a C++ thread that releases the last tensor of its last work
+    needs the GIL, and Python ends such a thread in the middle of a destructor:
+    ``terminate called without an active exception``, SIGABRT, the abort a worker sometimes
+    died of after a run. Imported here first, the defaults are ``None`` (the current group).
+    """
+    import torch.distributed.nn.functional  # noqa: F401
 
 
 def _attempt_store(timeout: datetime.timedelta) -> dist.Store:
@@ -257,13 +274,27 @@ class DistributedStrategy(Strategy):
         dist.barrier()
 
     def close(self) -> None:
-        """The end of a run that succeeded: every rank leaves the group together, a barrier then
-        ``destroy_process_group``, while the interpreter is whole. Left to ``atexit`` alone, a
-        rank could tear its connections down while a peer still had work in flight, and gloo's
-        threads could outlive the interpreter (a rare abort at exit, seen in tensor mode)."""
+        """The end of a run that succeeded: every rank leaves the group together, while the
+        interpreter is whole and every peer still connected.
+
+        A barrier first (no collective is in flight anywhere after it); then this strategy lets
+        go of everything that holds the group and collects the cycles among them (modules and
+        their hooks), so that ``destroy_process_group`` frees the group there and then: the
+        backend joins its worker threads and closes its sockets now. A group that outlives this
+        call is torn down during interpreter shutdown instead, with C++ threads still running
+        while Python and the libraries' globals are dismantled, and peers already gone. The
+        strategy cannot train after ``close``."""
         with self.watchdog.guard("leaving the process group"):
             dist.barrier()
+        self._let_go()
+        gc.collect()
         destroy_group()
+
+    def _let_go(self) -> None:
+        """Drop every object that holds the process group (DDP's reducer, a DTensor mesh, a
+        pipeline stage, the optimizer over their parameters); subclasses add their own."""
+        self.model = None
+        self.optimizer = None
 
     @property
     def _comm_device(self) -> torch.device:
