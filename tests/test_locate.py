@@ -271,3 +271,16 @@ def test_images_of_another_shape_than_the_dataset_are_refused() -> None:
         "train-images: images are 28x28 but mnist-sample images are 32x32"
     ]
     assert _cross_checks(get_dataset("mnist-sample"), arrays, files) == []
+
+
+@pytest.mark.parametrize("via", ["data-dir", "env"])
+def test_a_folder_name_that_is_not_utf8_is_one_clear_error(tmp_path, monkeypatch, via):
+    import os
+
+    folder = put_mnist_like(Path(os.fsdecode(os.fsencode(str(tmp_path)) + b"/bad\xffname")))
+    if via == "env":
+        monkeypatch.setenv("MNISTLAB_DATA", str(folder))
+    with pytest.raises(DataError, match=r"bad\\xffname has a name that is not UTF-8") as err:
+        locate("mnist", str(folder) if via == "data-dir" else None, download=False)
+    assert "\n" not in str(err.value)
+    str(err.value).encode("ascii")  # printable anywhere: the byte is shown as \xff

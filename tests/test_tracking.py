@@ -229,3 +229,15 @@ def test_misclassified_grid_shape():
     grid = misclassified_grid(images, np.arange(10), np.arange(10)[::-1], cols=4)
     assert grid.dtype == np.uint8 and grid.ndim == 2
     assert grid.shape[1] == 4 * (56 + 2) and grid.shape[0] == 3 * (56 + 12 + 2)
+
+
+def test_a_metrics_file_with_a_byte_that_is_not_utf8(tmp_path):
+    from mnistlab.errors import TrackingError
+
+    good = b'{"step": 10, "loss": 1.0}\n'
+    path = tmp_path / "metrics.jsonl"
+    path.write_bytes(good + b'{"step": 20, "loss": \xff}\n' + good)
+    with pytest.raises(TrackingError, match=r"line 2: not UTF-8 text; the file is damaged"):
+        read_metrics(path)
+    path.write_bytes(good + b'{"step": 20, "lo\xff')  # a torn last line: skipped, as ever
+    assert [r["step"] for r in read_metrics(path)] == [10]

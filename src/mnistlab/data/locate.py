@@ -77,11 +77,29 @@ def system_root() -> Path:
     return Path(os.environ.get("MNISTLAB_SYSTEM_DATA") or "/usr/share/datasets")
 
 
+def _utf8_folder(folder: str | os.PathLike[str], what: str) -> Path:
+    """``folder`` as a Path, refused when its name is not UTF-8 text: the folder a run used is
+    written into its config.toml, checkpoints and --json summary, all UTF-8."""
+    path = Path(folder)
+    try:
+        str(path).encode("utf-8")
+    except UnicodeEncodeError:
+        shown = os.fsencode(path).decode("utf-8", "backslashreplace")
+        raise DataError(
+            f"{what}{shown} has a name that is not UTF-8 text (the \\x byte): mnistlab records "
+            "the data folder in the run's config.toml and checkpoints, which are UTF-8; rename "
+            "the folder, or link it from a path that is UTF-8 (ln -s)"
+        ) from None
+    return path
+
+
 def candidate_dirs(
     name: str | DatasetSpec, data_dir: str | os.PathLike[str] | None = None
 ) -> list[tuple[str, Path]]:
     """The (source, folder) pairs ``locate`` tries, in order."""
     spec = get_dataset(name)
+    if data_dir is not None:
+        data_dir = _utf8_folder(data_dir, "--data-dir ")
     if spec.bundled:
         # Always present; a data_dir counts only through its NAME/ subfolder, because the sample
         # shares MNIST's file names and a folder of full MNIST must not pass for it.
@@ -95,7 +113,7 @@ def candidate_dirs(
     out: list[tuple[str, Path]] = []
     env = os.environ.get("MNISTLAB_DATA")
     if env:
-        d = Path(env).expanduser()
+        d = _utf8_folder(env, "MNISTLAB_DATA=").expanduser()
         out += [("env", d / spec.name), ("env", d)]
     out.append(("cache", cache_root() / spec.name))
     out.append(("system", system_root() / spec.name))
