@@ -284,3 +284,79 @@ def test_a_folder_name_that_is_not_utf8_is_one_clear_error(tmp_path, monkeypatch
         locate("mnist", str(folder) if via == "data-dir" else None, download=False)
     assert "\n" not in str(err.value)
     str(err.value).encode("ascii")  # printable anywhere: the byte is shown as \xff
+
+
+# -- the MNIST family shares its file names: a folder of one is never judged as another ---------
+def tiny_registered(folder: Path, name: str, seed: int, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Small IDX files in ``folder``, registered (for this test) as ``name``'s published content."""
+    import dataclasses
+    import hashlib
+
+    from mnistlab.data.idx import encode_idx, write_idx
+    from mnistlab.data.registry import FileSpec
+
+    rng = np.random.default_rng(seed)
+    spec = get_dataset(name)
+    files = []
+    folder.mkdir(parents=True, exist_ok=True)
+    for fs in spec.files:
+        n = 30 if fs.role.startswith("train") else 10
+        if fs.role.endswith("images"):
+            arr = rng.integers(0, 256, (n, 28, 28), dtype=np.uint8)
+        else:
+            arr = rng.integers(0, 10, n, dtype=np.uint8)
+        write_idx(folder / fs.filename, arr)
+        raw = hashlib.md5(encode_idx(arr)).hexdigest()
+        files.append(FileSpec(fs.role, fs.filename, None, "0" * 32, None, raw))
+    monkeypatch.setitem(DATASETS, name, dataclasses.replace(spec, files=tuple(files)))
+    return folder
+
+
+def test_a_folder_of_mnist_is_never_judged_as_fashion_or_kmnist(
+    tmp_path, monkeypatch, isolated_env, capsys
+):
+    from mnistlab.apps import doctor
+    from mnistlab.apps.cli import main
+    from mnistlab.data.locate import DatasetNotFound
+
+    mnist = tiny_registered(tmp_path / "my-mnist", "mnist", 0, monkeypatch)
+    tiny_registered(
+        isolated_env["xdg"] / "mnistlab" / "fashion-mnist", "fashion-mnist", 1, monkeypatch
+    )
+
+    # train --dataset fashion-mnist --data-dir MNIST: looks on, and finds it in the cache
+    found = locate("fashion-mnist", mnist, download=False)
+    assert found.source == "cache" and found.name == "fashion-mnist"
+    with pytest.raises(DatasetNotFound, match=r"holds MNIST .*'s files, not kmnist's"):
+        locate("kmnist", mnist, download=False)
+    assert locate("mnist", mnist, download=False).directory == mnist
+
+    # doctor: nothing damaged, nothing to delete
+    findings = {f.check: f for f in doctor.dataset_findings(str(mnist))}
+    assert findings["dataset mnist"].status == "ok"
+    assert findings["dataset fashion-mnist"].status == "ok"
+    assert "cache" in findings["dataset fashion-mnist"].detail
+    assert findings["dataset kmnist"].status == "note"
+    assert not any("delete" in f.fix for f in findings.values())
+
+    # data list does not claim them found in the MNIST folder
+    assert main(["data", "list", "--data-dir", str(mnist)]) == 0
+    rows = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()}
+    assert str(mnist) in rows["mnist"]
+    assert str(mnist) not in rows["fashion-mnist"] and "cache" in rows["fashion-mnist"]
+    assert "not found" in rows["kmnist"]
+
+    # MNISTLAB_DATA pointing at it: the same
+    monkeypatch.setenv("MNISTLAB_DATA", str(mnist))
+    assert locate("fashion-mnist", download=False).source == "cache"
+
+
+def test_doctor_never_advises_deleting_a_folder_of_the_users(tmp_path, monkeypatch):
+    from mnistlab.apps import doctor
+
+    mnist = tiny_registered(tmp_path / "my-mnist", "mnist", 0, monkeypatch)
+    labels = mnist / "t10k-labels-idx1-ubyte.gz"
+    labels.write_bytes(labels.read_bytes()[:-9])  # truncated: damaged, and still MNIST's name
+    found = {f.check: f for f in doctor.dataset_findings(str(mnist))}["dataset mnist"]
+    assert found.status == "problem"
+    assert "delete" not in found.fix and "good copy" in found.fix

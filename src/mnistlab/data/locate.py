@@ -13,9 +13,11 @@ headers, counts and label ranges, and every problem is one ``DataError`` naming 
 from __future__ import annotations
 
 import errno
+import gzip
 import hashlib
 import os
 import stat
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,6 +40,7 @@ __all__ = [
     "download",
     "verify",
     "load_arrays",
+    "repair_advice",
     "cache_root",
     "system_root",
     "find_files",
@@ -199,13 +202,29 @@ def locate(
     """
     spec = get_dataset(name)
     looked: list[str] = []
-    for source, folder in candidate_dirs(spec, data_dir):
+    foreign = False  # a folder held another dataset's files under the same names
+    places = candidate_dirs(spec, data_dir)
+    if data_dir is not None and not spec.bundled:
+        # A data folder is often one dataset's (MNIST's, say), and the MNIST family shares its
+        # file names: when it holds another dataset's files, look on where this one would be.
+        places += [(s, f) for s, f in candidate_dirs(spec) if s in ("cache", "system")]
+    for source, folder in places:
+        if source in ("cache", "system") and data_dir is not None and not foreign:
+            break  # the data folder lacks the files (or they are damaged): say so, not the cache
         found, missing = find_files(spec, folder)
-        if not missing:
+        if missing:
+            looked.append(f"{source}: {folder} ({_describe(spec, folder, found, missing)})")
+            continue
+        owner = _owner(spec, found)
+        if owner is None:
             return Located(spec.name, folder, source, found, spec)
-        looked.append(f"{source}: {folder} ({_describe(spec, folder, found, missing)})")
+        foreign = True
+        looked.append(
+            f"{source}: {folder} (holds {owner.title.split(' (')[0]}'s files, not "
+            f"{spec.name}'s; for those, --dataset {owner.name})"
+        )
     attempts: list[str] = []
-    if data_dir is None and not spec.bundled:
+    if data_dir is None and not spec.bundled:  # a folder was named: never a download instead
         if download and (mirrors or spec.mirrors):
             try:
                 return _download(spec, None, progress, mirrors)
@@ -213,11 +232,43 @@ def locate(
                 attempts = e.attempts
         elif not download:
             attempts = ["not tried (download disabled)"]
-    raise DatasetNotFound(_not_found_message(spec, looked, attempts, data_dir))
+    raise DatasetNotFound(_not_found_message(spec, looked, attempts, data_dir, foreign))
+
+
+LABELS_LIMIT = 1 << 22
+"""Bytes read at most from a labels file to tell whose it is (a real one is 60,008 or less)."""
+
+
+def _owner(spec: DatasetSpec, files: dict[str, Path]) -> DatasetSpec | None:
+    """The other published dataset whose files these are, by the checksums of the two small
+    labels files (stored and uncompressed); None when they are ``spec``'s or nobody's (then
+    verification judges them). Cheap: a few tens of kilobytes, no image file is read."""
+    sums: dict[str, set[str]] = {}
+    for role in ("train_labels", "test_labels"):
+        path = files[role]
+        try:
+            if path.stat().st_size > LABELS_LIMIT:
+                return None
+            stored = path.read_bytes()
+            raw = gzip.decompress(stored) if is_gzip(path) else stored
+        except (OSError, EOFError, zlib.error, gzip.BadGzipFile):
+            return None  # unreadable: verification will say what is wrong with it
+        sums[role] = {hashlib.md5(stored).hexdigest(), hashlib.md5(raw).hexdigest()}
+
+    def theirs(other: DatasetSpec) -> bool:
+        return all(
+            {other.file(role).md5, other.file(role).raw_md5} & found for role, found in sums.items()
+        )
+
+    if theirs(spec):
+        return None
+    # The bundled sample claims no folder: tests and users copy its files around as stand-ins.
+    others = (o for o in DATASETS.values() if o.name != spec.name and not o.bundled)
+    return next((o for o in others if theirs(o)), None)
 
 
 def _not_found_message(
-    spec: DatasetSpec, looked: list[str], attempts: list[str], data_dir: object
+    spec: DatasetSpec, looked: list[str], attempts: list[str], data_dir: object, foreign: bool
 ) -> str:
     lines = [
         f"dataset {spec.name!r} not found: it needs {', '.join(spec.filenames)} "
@@ -235,6 +286,8 @@ def _not_found_message(
         )
     else:
         fix += " or pass a --data-dir that holds them"
+        if foreign:
+            fix += f" (`mnistlab data download {spec.name}` fetches them into the cache)"
     lines.append(f"To fix: {fix}.")
     return "\n".join(lines)
 
@@ -492,6 +545,13 @@ _FIX_BY_SOURCE = {
 }
 
 
+def repair_advice(located: Located) -> str:
+    """How to mend a damaged file where it was found: fetch it again into mnistlab's own cache,
+    never delete a folder of the user's."""
+    fix = _FIX_BY_SOURCE.get(located.source, "replace it with a good copy")
+    return fix.format(name=located.name)
+
+
 def load_arrays(located: Located, *, check_checksums: bool = True) -> dict[str, np.ndarray]:
     """The four arrays (uint8), after every check passes; otherwise one DataError with them all:
     what is wrong with which file, and how to fix it where the files were found."""
@@ -502,10 +562,9 @@ def load_arrays(located: Located, *, check_checksums: bool = True) -> dict[str, 
         )
         if report.other_dataset is not None:
             raise DataError(report.problems[0])
-        fix = _FIX_BY_SOURCE.get(located.source, "replace it with a good copy")
         raise DataError(
             f"dataset {located.name!r} in {located.directory} ({where}) failed verification: "
             + "; ".join(report.problems)
-            + f"; to fix: {fix.format(name=located.name)}"
+            + f"; to fix: {repair_advice(located)}"
         )
     return arrays
