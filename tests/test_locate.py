@@ -360,3 +360,17 @@ def test_doctor_never_advises_deleting_a_folder_of_the_users(tmp_path, monkeypat
     found = {f.check: f for f in doctor.dataset_findings(str(mnist))}["dataset mnist"]
     assert found.status == "problem"
     assert "delete" not in found.fix and "good copy" in found.fix
+
+
+def test_label_range_and_counts_are_checked_also_when_the_checksum_fails(tmp_path):
+    from mnistlab.data.idx import read_idx, write_idx
+
+    folder = put_mnist_like(tmp_path / "d" / "mnist-sample")
+    labels = read_idx(folder / "t10k-labels-idx1-ubyte.gz").copy()
+    labels[:3] = 12  # three labels out of range: the checksum fails too
+    write_idx(folder / "t10k-labels-idx1-ubyte.gz", labels[:-1])  # and one label short
+    report = verify("mnist-sample", tmp_path / "d")
+    text = " | ".join(report.problems)
+    assert "differs from the published" in text
+    assert "3 labels outside 0..9 (largest 12)" in text
+    assert "has 1000 images but" in text and "has 999 labels" in text
