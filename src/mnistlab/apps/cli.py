@@ -115,11 +115,12 @@ def _main(argv: list[str] | None) -> int:
     try:
         return int(args.func(args) or 0)
     except MnistlabError as exc:
-        asked = exc.exit_code in (130, 143)  # a stop the user asked for: Ctrl-C or SIGTERM
+        from mnistlab.parallel.launch import STOP_EXIT_CODES, launcher_reports
+
+        asked = exc.exit_code in STOP_EXIT_CODES  # a stop asked for: Ctrl-C, SIGTERM, SIGHUP
         kind = "" if asked else "error: "
         if asked:
             _quiet_shutdown()
-        from mnistlab.parallel.launch import launcher_reports
 
         if not launcher_reports(exc):  # a --workers worker: its launcher prints it, once
             print(f"mnistlab: {kind}{exc}", file=sys.stderr)

@@ -15,8 +15,8 @@ failed group. When a worker fails, the others are stopped within seconds and one
 worker and its cause, read from that worker's own error line rather than from a neighbour's
 "connection closed" that merely followed it.
 
-Ctrl-C (SIGINT) or SIGTERM to the launcher is passed on to the workers once; they stop at a step,
-save, and the launcher exits 130 or 143 like one process. A second signal while they save is
+Ctrl-C (SIGINT), SIGTERM or SIGHUP to the launcher is passed on to the workers once; they stop
+at a step, save, and the launcher exits 130, 143 or 129 like one process. A second signal while they save is
 ignored (the engine kills workers that take longer than its shutdown timeout, 30 s).
 """
 
@@ -115,8 +115,8 @@ def _stage_names(config: Config) -> list[str] | None:
 
 
 def launch(argv: Sequence[str], workers: int, mode: str, *, log_dir: str | None = None) -> int:
-    """Run ``mnistlab <argv>`` in ``workers`` local processes; 0 when all of them succeed, 130 or
-    143 when Ctrl-C or SIGTERM stopped them (after they saved).
+    """Run ``mnistlab <argv>`` in ``workers`` local processes; 0 when all of them succeed, 130,
+    143 or 129 when Ctrl-C, SIGTERM or SIGHUP stopped them (after they saved).
 
     ``argv`` is this process's own command line after the program name (``sys.argv[1:]``) plus
     whatever the workers need on top (it may lack ``--parallel`` when a resumed run's checkpoint
@@ -144,9 +144,9 @@ def launch(argv: Sequence[str], workers: int, mode: str, *, log_dir: str | None 
     # The main worker's lines reach the console as they are (no "[default0]:" prefix, so
     # --json still ends with a JSON line): the prefix template is the role, and the role is empty.
     os.environ.setdefault("TORCHELASTIC_LOG_LINE_PREFIX_TEMPLATE", "${role_name}")
-    # Ctrl-C and SIGTERM are ours (_stop_once), not the engine's: its handler raises again on a
+    # Ctrl-C, SIGTERM and SIGHUP are ours (_stop_once), not the engine's: its handler raises again on a
     # second signal, in the middle of its shutdown, and orphans workers that are still saving.
-    os.environ["PET_SIGNALS_TO_HANDLE"] = "SIGHUP,SIGQUIT"
+    os.environ["PET_SIGNALS_TO_HANDLE"] = "SIGQUIT"
     args = torchrun.parse_args(
         [
             "--standalone",
@@ -167,7 +167,7 @@ def launch(argv: Sequence[str], workers: int, mode: str, *, log_dir: str | None 
     try:
         with _quiet_torchrun(), _stop_once(SignalException):
             torchrun.run(args)
-    except SignalException as exc:  # Ctrl-C or SIGTERM: the engine passed it on; workers saved
+    except SignalException as exc:  # a stop signal: the engine passed it on; workers saved
         # The main worker has said where it stopped and how to go on; nothing to add.
         return 128 + int(exc.sigval)
     except ChildFailedError as exc:
@@ -185,7 +185,7 @@ def launch(argv: Sequence[str], workers: int, mode: str, *, log_dir: str | None 
 
 @contextlib.contextmanager
 def _stop_once(exception: type[BaseException]) -> Iterator[None]:
-    """The first SIGINT / SIGTERM raises the engine's ``SignalException`` (it then sends the same
+    """The first SIGINT / SIGTERM / SIGHUP raises the engine's ``SignalException`` (it then sends the same
     signal to every worker and waits for them); later ones are ignored, so the workers' save is
     not cut short and no worker is left behind. After a stop they stay ignored until exit."""
     stopping: list[signal.Signals] = []
@@ -196,7 +196,7 @@ def _stop_once(exception: type[BaseException]) -> Iterator[None]:
         stopping.append(signal.Signals(signum))
         raise exception(f"got signal {stopping[0].name}", sigval=stopping[0])  # type: ignore[call-arg]
 
-    watched = (signal.SIGINT, signal.SIGTERM)
+    watched = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
     try:
         previous = {s: signal.signal(s, handler) for s in watched}
     except ValueError:  # not the main thread: the engine's own handling applies
@@ -228,6 +228,9 @@ def _quiet_torchrun() -> Iterator[None]:
             logger.setLevel(level)
 
 
+STOP_EXIT_CODES = (129, 130, 143)
+"""Exit statuses of a stop the person (or the terminal) asked for: SIGHUP, Ctrl-C, SIGTERM."""
+
 LAUNCHER_REPORTS = "MNISTLAB_LAUNCHER_REPORTS"
 """Set by ``--workers N`` for its workers: the launcher prints a failing worker's error."""
 
@@ -239,17 +242,17 @@ def launcher_reports(exc: BaseException) -> bool:
     return (
         os.environ.get(LAUNCHER_REPORTS) == "1"
         and bool(os.environ.get("TORCHELASTIC_ERROR_FILE"))
-        and code not in (130, 143)
+        and code not in STOP_EXIT_CODES
     )
 
 
 def record_failure(exc: BaseException) -> None:
     """In a torchrun worker, write why it is failing to torchelastic's error file for it
     (``TORCHELASTIC_ERROR_FILE``, the file ``errors.record`` writes), for ``root_cause``. A stop
-    the person asked for (Ctrl-C, SIGTERM) is not a failure and writes nothing."""
+    the person asked for (Ctrl-C, SIGTERM, SIGHUP) is not a failure and writes nothing."""
     path = os.environ.get("TORCHELASTIC_ERROR_FILE")
     code = getattr(exc, "exit_code", None)
-    if not path or not isinstance(exc, Exception) or code in (130, 143):
+    if not path or not isinstance(exc, Exception) or code in STOP_EXIT_CODES:
         return
     from mnistlab.errors import MnistlabError
 

@@ -42,7 +42,7 @@ from mnistlab.train.steps import check_finite_losses, select_engine
 
 
 class TrainingInterrupted(TrainingError):
-    """Ctrl-C or SIGTERM stopped training at a boundary (after the state was saved)."""
+    """Ctrl-C, SIGTERM or SIGHUP stopped training at a boundary (after the state was saved)."""
 
     exit_code = 130
 
@@ -50,7 +50,8 @@ class TrainingInterrupted(TrainingError):
         super().__init__(message)
         self.step = step
         self.signum = signum
-        # The shell's convention: 128 + the signal's number (130 for Ctrl-C, 143 for SIGTERM).
+        # The shell's convention: 128 + the signal's number (130 for Ctrl-C, 143 for SIGTERM,
+        # 129 for SIGHUP).
         if signum is not None:
             self.exit_code = 128 + int(signum)
 
@@ -58,6 +59,12 @@ class TrainingInterrupted(TrainingError):
         """The same stop, its message followed by ``hint`` (where the state went, how to go on:
         the code that assembled the run knows both)."""
         return TrainingInterrupted(self.step, f"{self}; {hint}", signum=self.signum)
+
+
+STOP_SIGNALS = tuple(
+    getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name)
+)
+"""The signals that stop training at the next boundary, with a checkpoint."""
 
 
 def due(step: int, every: int, total: int) -> bool:
@@ -76,8 +83,10 @@ def _next_boundary(step: int, total: int, intervals: Sequence[int]) -> int:
 
 @contextlib.contextmanager
 def _stop_on_signals(run: Run) -> Iterator[None]:
-    """First Ctrl-C / SIGTERM asks the loop to stop at the next boundary (and save);
-    a second Ctrl-C raises ``KeyboardInterrupt`` at once."""
+    """First Ctrl-C / SIGTERM / SIGHUP asks the loop to stop at the next boundary (and save);
+    a second Ctrl-C raises ``KeyboardInterrupt`` at once. SIGHUP (the terminal or the SSH
+    session that started the run went away) is a stop like SIGTERM: left to Python's default
+    it ended the process at once, with no checkpoint and no word."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -88,7 +97,7 @@ def _stop_on_signals(run: Run) -> Iterator[None]:
         run.stop_requested = True
         run.stop_signal = run.stop_signal or signum
 
-    previous = {s: signal.signal(s, ask_stop) for s in (signal.SIGINT, signal.SIGTERM)}
+    previous = {s: signal.signal(s, ask_stop) for s in STOP_SIGNALS}
     try:
         yield
     finally:
