@@ -127,6 +127,9 @@ def train(
     except BaseException as exc:
         for cb in run.hooks:
             cb.on_failure(run, exc)
+        lost = run.strategy.lost_peer(exc)  # a peer died: one line, not gloo's traceback
+        if lost is not None:
+            raise lost from None
         raise
     return loop.finish(started, train_seconds)
 
