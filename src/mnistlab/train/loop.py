@@ -275,6 +275,8 @@ class _Loop:
             self.last_checkpoint_step = run.step
         if not run.is_main:
             return
+        for cb in run.hooks:  # records up to this step first, then the state that ends it
+            cb.before_checkpoint(run)
         for cb in run.hooks:
             if cb.wants(run).checkpoints:
                 cb.on_checkpoint(run, state, periodic=periodic, best=best)
