@@ -91,3 +91,40 @@ def test_sighup_to_the_train_command_is_a_stop_not_an_error(
     assert "mnistlab: training stopped at step 30 of 100000" in err
     assert "error" not in err
     assert [s for s, _ in step_checkpoints(Path(run) / "checkpoints")] == [30]
+
+
+def test_a_finite_but_absurd_loss_stops_like_a_nan(tmp_path, sample_splits):
+    """speedrun at optim.lr=1000 reached a loss of 1e23 and a guess's accuracy with no NaN."""
+    from mnistlab.errors import TrainingError
+    from mnistlab.io.checkpoint import CheckpointCallback
+    from mnistlab.train import train
+
+    from .conftest import small_config
+
+    config = small_config(
+        "speedrun",
+        "optim.lr=1000",
+        "optim.warmup_steps=10",
+        "train.steps=30",
+        "train.log_every=1",
+        "train.eval_every=1000",
+        "checkpoint.every=1",
+    )
+    with pytest.raises(
+        TrainingError, match=r"training diverged: the loss reached \S+ at step (\d+)"
+    ):
+        train(config, sample_splits, callbacks=[CheckpointCallback(tmp_path)])
+    saved = [step for step, _ in step_checkpoints(tmp_path / "checkpoints")]
+    assert saved and max(saved) < 30  # the checkpoints before it are kept, none after
+    from mnistlab.io.checkpoint import load_checkpoint
+
+    load_checkpoint(step_checkpoints(tmp_path / "checkpoints")[-1][1])  # and it is whole
+
+
+def test_the_ceiling_leaves_a_resumed_run_room():
+    from mnistlab.train.steps import check_finite_losses, loss_ceiling
+
+    assert loss_ceiling(2.4, 10) == pytest.approx(240.0)
+    resumed = loss_ceiling(0.03, 10)  # a resumed run starts low: held to log(10), not 0.03
+    assert resumed == pytest.approx(100 * 2.302585, rel=1e-5)
+    check_finite_losses([0.03, 5.0, 200.0], 100, resumed)  # a spike, not a divergence

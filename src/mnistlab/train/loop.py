@@ -38,7 +38,7 @@ from mnistlab.train.engine import Engine
 from mnistlab.train.metrics import summarize
 from mnistlab.train.objective import l2_penalty
 from mnistlab.train.state import Run, TrainResult, build_run
-from mnistlab.train.steps import check_finite_losses, select_engine
+from mnistlab.train.steps import check_finite_losses, loss_ceiling, select_engine
 
 
 class TrainingInterrupted(TrainingError):
@@ -144,6 +144,7 @@ class _Loop:
         self.weights = [p for p in run.parameters() if p.ndim >= 2]
         self.last_checkpoint_step: int | None = None
         self.steps_run = 0
+        self.ceiling = math.inf  # set from this run's first logged loss (steps.loss_ceiling)
 
     # -- the loop --------------------------------------------------------------------------------
     def run(self) -> float:
@@ -193,7 +194,9 @@ class _Loop:
         run = self.run_
         o = run.config.optim
         values = run.strategy.reduce_losses(losses).tolist()  # the one host sync per log_every
-        check_finite_losses(values, first_step)
+        if self.ceiling == math.inf and values and math.isfinite(values[0]):
+            self.ceiling = loss_ceiling(values[0], run.data.num_classes)
+        check_finite_losses(values, first_step, self.ceiling)
         mean = sum(values) / len(values) if values else math.nan
         penalty = (
             float(run.strategy.global_penalty(l2_penalty(self.weights, o.l2))) if o.l2 else 0.0
