@@ -543,8 +543,10 @@ def identify(
 
 
 _FIX_BY_SOURCE = {
-    "data-dir": "replace it with a good copy, or point --data-dir at a folder that holds one",
-    "env": "replace it with a good copy, or unset MNISTLAB_DATA to use the cache or a download",
+    "data-dir": "replace it with a good copy (`mnistlab data download {name}` fetches one into "
+    "the cache), or point --data-dir at a folder that holds one",
+    "env": "replace it with a good copy (`mnistlab data download {name}` fetches one into the "
+    "cache), or unset MNISTLAB_DATA to use the cache or a download",
     "cache": "fetch it again with `mnistlab data download {name}` (it replaces the bad file)",
     "download": "fetch it again with `mnistlab data download {name}` (it replaces the bad file)",
     "system": "reinstall the system package that installed it, or pass --data-dir with a good copy",
