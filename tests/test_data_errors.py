@@ -14,15 +14,9 @@ import pytest
 
 from mnistlab.config import resolve
 from mnistlab.data.idx import encode_idx, write_idx
-from mnistlab.data.locate import (
-    SAMPLE_DIR,
-    DatasetNotFound,
-    find_files,
-    identify,
-    load_arrays,
-    locate,
-)
+from mnistlab.data.locate import SAMPLE_DIR, DatasetNotFound, find_files, locate
 from mnistlab.data.registry import DATASETS, FASHION_MNIST, FileSpec, get_dataset
+from mnistlab.data.verify import identify, load_arrays
 from mnistlab.errors import DataError
 
 SAMPLE = DATASETS["mnist-sample"]

@@ -9,8 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mnistlab.data.locate import SAMPLE_DIR, candidate_dirs, load_arrays, locate, verify
+from mnistlab.data.locate import SAMPLE_DIR, candidate_dirs, locate
 from mnistlab.data.registry import DATASETS, get_dataset
+from mnistlab.data.verify import load_arrays, verify
 from mnistlab.errors import DataError
 
 SAMPLE_NAMES = [fs.filename for fs in DATASETS["mnist-sample"].files]
@@ -259,7 +260,7 @@ def test_images_of_another_shape_than_the_dataset_are_refused() -> None:
     """A dataset's ``input_shape`` is checked against its files (models are built for it)."""
     import dataclasses
 
-    from mnistlab.data.locate import _cross_checks
+    from mnistlab.data.verify import _cross_checks
 
     spec = dataclasses.replace(get_dataset("mnist-sample"), input_shape=(1, 32, 32))
     arrays = {

@@ -88,7 +88,7 @@ def device_findings() -> list[Finding]:
 def dataset_findings(data_dir: str | None = None) -> list[Finding]:
     """Where each registered dataset was found and whether its files pass verification."""
     from mnistlab.data import DATASETS, locate, verify
-    from mnistlab.data.locate import repair_advice
+    from mnistlab.data.verify import repair_advice
     from mnistlab.errors import DataError
 
     out = []
