@@ -151,8 +151,8 @@ def stop_with_parent() -> None:
     On Linux the kernel is asked (``prctl(PR_SET_PDEATHSIG, SIGTERM)``) to send this process
     SIGTERM when its parent (the launcher, or torchrun's agent) ends: the loop then stops at the
     next boundary and saves, as for any SIGTERM, instead of training on with nobody to report
-    to. A parent that ended before the request leaves the worker adopted already: it stops
-    the same way. Elsewhere nothing is done."""
+    to. A parent that ended while the request was made leaves the worker adopted already: it
+    stops the same way. Elsewhere nothing is done."""
     if not sys.platform.startswith("linux"):
         return
     import ctypes
@@ -164,7 +164,9 @@ def stop_with_parent() -> None:
         libc.prctl(PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
     except (OSError, AttributeError):
         return
-    if parent == 1 or os.getppid() != parent:  # orphaned before the request took effect
+    # Orphaned between the two calls: the request came too late to fire. (The parent's pid is
+    # compared, never tested against 1: torchrun is PID 1 itself in many a container.)
+    if os.getppid() != parent:
         os.kill(os.getpid(), signal.SIGTERM)
 
 
