@@ -313,26 +313,44 @@ def tiny_registered(folder: Path, name: str, seed: int, monkeypatch: pytest.Monk
     return folder
 
 
-def test_a_folder_of_mnist_is_never_judged_as_fashion_or_kmnist(
-    tmp_path, monkeypatch, isolated_env, capsys
-):
-    from mnistlab.apps import doctor
-    from mnistlab.apps.cli import main
-    from mnistlab.data.locate import DatasetNotFound
-
-    mnist = tiny_registered(tmp_path / "my-mnist", "mnist", 0, monkeypatch)
+@pytest.fixture
+def mnist_and_cached_fashion(tmp_path, monkeypatch, isolated_env) -> Path:
+    """A folder of the user's MNIST (as --data-dir), Fashion-MNIST in the cache, no KMNIST."""
     tiny_registered(
         isolated_env["xdg"] / "mnistlab" / "fashion-mnist", "fashion-mnist", 1, monkeypatch
     )
+    return tiny_registered(tmp_path / "my-mnist", "mnist", 0, monkeypatch)
 
-    # train --dataset fashion-mnist --data-dir MNIST: looks on, and finds it in the cache
-    found = locate("fashion-mnist", mnist, download=False)
+
+@pytest.mark.parametrize("via", ["data-dir", "env"])
+def test_train_another_dataset_with_a_mnist_folder_looks_on_in_the_cache(
+    mnist_and_cached_fashion, via, monkeypatch
+):
+    from mnistlab.data import load_splits
+    from mnistlab.data.locate import DatasetNotFound
+
+    mnist = mnist_and_cached_fashion
+    data_dir = str(mnist) if via == "data-dir" else None
+    if via == "env":
+        monkeypatch.setenv("MNISTLAB_DATA", str(mnist))
+    # train --dataset fashion-mnist --data-dir MNIST: what train loads, from the cache
+    found = locate("fashion-mnist", data_dir, download=False)
     assert found.source == "cache" and found.name == "fashion-mnist"
+    splits = load_splits("fashion-mnist", data_dir, validation_size=5, download=False)
+    assert splits.name == "fashion-mnist" and len(splits.train) == 25
     with pytest.raises(DatasetNotFound, match=r"holds MNIST .*'s files, not kmnist's"):
-        locate("kmnist", mnist, download=False)
-    assert locate("mnist", mnist, download=False).directory == mnist
+        locate("kmnist", data_dir, download=False)
+    assert locate("mnist", data_dir, download=False).directory == mnist
 
-    # doctor: nothing damaged, nothing to delete
+
+@pytest.mark.parametrize("via", ["data-dir", "env"])
+def test_doctor_on_a_good_mnist_folder_calls_nothing_damaged(
+    mnist_and_cached_fashion, via, monkeypatch, capsys
+):
+    from mnistlab.apps import doctor
+    from mnistlab.apps.cli import main
+
+    mnist = mnist_and_cached_fashion
     findings = {f.check: f for f in doctor.dataset_findings(str(mnist))}
     assert findings["dataset mnist"].status == "ok"
     assert findings["dataset fashion-mnist"].status == "ok"
@@ -340,16 +358,37 @@ def test_a_folder_of_mnist_is_never_judged_as_fashion_or_kmnist(
     assert findings["dataset kmnist"].status == "note"
     assert not any("delete" in f.fix for f in findings.values())
 
-    # data list does not claim them found in the MNIST folder
-    assert main(["data", "list", "--data-dir", str(mnist)]) == 0
+    # the command as a person runs it (the machine's own checks aside): exit 0, nothing to delete
+    for other in ("version_findings", "device_findings", "package_findings"):
+        monkeypatch.setattr(doctor, other, lambda *a: [])
+    args = ["doctor", "--run-dir", str(mnist.parent / "runs")]
+    if via == "data-dir":
+        args += ["--data-dir", str(mnist)]
+    else:
+        monkeypatch.setenv("MNISTLAB_DATA", str(mnist))
+    assert main(args) == 0
+    text = capsys.readouterr().out
+    assert "PROBLEM" not in text and "damaged" not in text and "delete" not in text
+    assert "All is well" in text
+
+
+@pytest.mark.parametrize("via", ["data-dir", "env"])
+def test_data_list_does_not_claim_other_datasets_in_a_mnist_folder(
+    mnist_and_cached_fashion, via, monkeypatch, capsys
+):
+    from mnistlab.apps.cli import main
+
+    mnist = mnist_and_cached_fashion
+    args = ["data", "list"]
+    if via == "data-dir":
+        args += ["--data-dir", str(mnist)]
+    else:
+        monkeypatch.setenv("MNISTLAB_DATA", str(mnist))
+    assert main(args) == 0
     rows = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()}
     assert str(mnist) in rows["mnist"]
     assert str(mnist) not in rows["fashion-mnist"] and "cache" in rows["fashion-mnist"]
-    assert "not found" in rows["kmnist"]
-
-    # MNISTLAB_DATA pointing at it: the same
-    monkeypatch.setenv("MNISTLAB_DATA", str(mnist))
-    assert locate("fashion-mnist", download=False).source == "cache"
+    assert str(mnist) not in rows["kmnist"] and "not found" in rows["kmnist"]
 
 
 def test_doctor_never_advises_deleting_a_folder_of_the_users(tmp_path, monkeypatch):
