@@ -5,6 +5,7 @@
 #   scripts/flake_loop.sh 30                      # from the repository root (or anywhere)
 #   FLAKE_LOGS=/tmp/flake scripts/flake_loop.sh 5 # keep the logs in a folder of your choice
 #   FLAKE_TESTS="tests/test_parallel_cli.py" scripts/flake_loop.sh 10   # fewer files
+#   FLAKE_UNTIL=03:05 scripts/flake_loop.sh 30    # no round started that would end after 03:05
 #
 # Each round runs with its own TMPDIR, so the worker log folders the launcher keeps after a
 # failure (and pytest's temporary folders) land under the round's folder and are searched too;
@@ -23,6 +24,10 @@ mkdir -p "$logs"
 read -r -a tests <<< "${FLAKE_TESTS:-tests/test_parallel.py tests/test_parallel_cli.py tests/test_launch.py}"
 export PYTHONPATH="$root/src${PYTHONPATH:+:$PYTHONPATH}"
 python=${PYTHON:-python}
+until_s=
+if [ -n "${FLAKE_UNTIL:-}" ]; then
+  until_s=$(date -d "$FLAKE_UNTIL" +%s) || exit 2
+fi
 
 # What an abort leaves behind: the C++ runtime's line, Python's faulthandler, torchrun's
 # report of a worker killed by signal 6, a shell's 134.
@@ -34,7 +39,13 @@ echo "logs: $logs"
 failed=0
 aborted=0
 began=$(date +%s)
+done_rounds=0
+last=0
 for round in $(seq 1 "$rounds"); do
+  if [ -n "$until_s" ] && [ $(($(date +%s) + last)) -gt "$until_s" ]; then
+    echo "stopping before round $round: it would end after $FLAKE_UNTIL"
+    break
+  fi
   tmp="$logs/round-$round.tmp"
   log="$logs/round-$round.log"
   mkdir -p "$tmp"
@@ -43,6 +54,8 @@ for round in $(seq 1 "$rounds"); do
     > "$log" 2>&1
   rc=$?
   took=$(($(date +%s) - start))
+  last=$took
+  done_rounds=$round
   hits=$( { cat "$log"; find "$tmp" -name '*.log' -type f -exec cat {} + 2>/dev/null; } \
     | grep -cE "$abort_pattern")
   summary=$(grep -E '(passed|failed|error)' "$log" | tail -n 1)
@@ -62,6 +75,6 @@ for round in $(seq 1 "$rounds"); do
 done
 total=$(($(date +%s) - began))
 printf '%d rounds in %d min %d s: %d failed, %d with an abort (load at the end %s); logs in %s\n' \
-  "$rounds" $((total / 60)) $((total % 60)) "$failed" "$aborted" \
+  "$done_rounds" $((total / 60)) $((total % 60)) "$failed" "$aborted" \
   "$(cut -d' ' -f1-3 /proc/loadavg)" "$logs"
 [ "$failed" -eq 0 ] && [ "$aborted" -eq 0 ]
