@@ -14,8 +14,9 @@ import pytest
 
 from mnistlab.config import resolve
 from mnistlab.data.idx import encode_idx, write_idx
-from mnistlab.data.locate import SAMPLE_DIR, DatasetNotFound, identify, load_arrays, locate
+from mnistlab.data.locate import SAMPLE_DIR, DatasetNotFound, find_files, locate
 from mnistlab.data.registry import DATASETS, FASHION_MNIST, FileSpec, get_dataset
+from mnistlab.data.verify import identify, load_arrays
 from mnistlab.errors import DataError
 
 SAMPLE = DATASETS["mnist-sample"]
@@ -125,15 +126,17 @@ def test_fashion_files_given_as_mnist_are_recognised(
     from mnistlab.apps.cli import main
 
     folder = small_fashion(tmp_path / "fashion-mnist", monkeypatch)
+    # Fashion-MNIST's files are never judged as MNIST's: the folder is passed over, and said so
     with pytest.raises(DataError) as info:
-        load_arrays(locate("mnist", folder, download=False))
+        locate("mnist", folder, download=False)
     msg = str(info.value)
-    assert "are Fashion-MNIST" in msg and "add --dataset fashion-mnist" in msg
+    assert "holds Fashion-MNIST's files, not mnist's; for those, --dataset fashion-mnist" in msg
     assert "corrupt" not in msg and "delete" not in msg
-    assert identify(locate("mnist", folder, download=False).files) is DATASETS["fashion-mnist"]
+    assert identify(find_files(get_dataset("mnist"), folder)[0]) is DATASETS["fashion-mnist"]
+    assert locate("fashion-mnist", folder, download=False).directory == folder
     # the command a user types: --data-dir, no --dataset
     assert main(["train", "--data-dir", str(folder), "--quiet", "--device", "cpu"]) == 1
-    assert "add --dataset fashion-mnist" in capsys.readouterr().err
+    assert "--dataset fashion-mnist" in capsys.readouterr().err
 
 
 def test_unknown_files_are_not_misidentified(tmp_path: Path) -> None:

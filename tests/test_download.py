@@ -12,8 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from mnistlab.data.locate import SAMPLE_DIR, download, load_arrays, locate
+from mnistlab.data.locate import SAMPLE_DIR, download, locate
 from mnistlab.data.registry import DATASETS, DatasetSpec
+from mnistlab.data.verify import load_arrays
 from mnistlab.errors import DataError
 
 # The bundled sample, registered under another name and made downloadable.

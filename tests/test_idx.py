@@ -12,8 +12,9 @@ import numpy as np
 import pytest
 
 from mnistlab.data.idx import encode_idx, read_idx, read_idx_header, write_idx
-from mnistlab.data.locate import Located, load_arrays
+from mnistlab.data.locate import Located
 from mnistlab.data.registry import DATASETS
+from mnistlab.data.verify import load_arrays
 from mnistlab.errors import DataError
 
 DTYPES = [np.uint8, np.int8, np.int16, np.int32, np.float32, np.float64]

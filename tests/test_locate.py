@@ -9,8 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mnistlab.data.locate import SAMPLE_DIR, candidate_dirs, load_arrays, locate, verify
+from mnistlab.data.locate import SAMPLE_DIR, candidate_dirs, locate
 from mnistlab.data.registry import DATASETS, get_dataset
+from mnistlab.data.verify import load_arrays, verify
 from mnistlab.errors import DataError
 
 SAMPLE_NAMES = [fs.filename for fs in DATASETS["mnist-sample"].files]
@@ -259,7 +260,7 @@ def test_images_of_another_shape_than_the_dataset_are_refused() -> None:
     """A dataset's ``input_shape`` is checked against its files (models are built for it)."""
     import dataclasses
 
-    from mnistlab.data.locate import _cross_checks
+    from mnistlab.data.verify import _cross_checks
 
     spec = dataclasses.replace(get_dataset("mnist-sample"), input_shape=(1, 32, 32))
     arrays = {
@@ -271,3 +272,145 @@ def test_images_of_another_shape_than_the_dataset_are_refused() -> None:
         "train-images: images are 28x28 but mnist-sample images are 32x32"
     ]
     assert _cross_checks(get_dataset("mnist-sample"), arrays, files) == []
+
+
+@pytest.mark.parametrize("via", ["data-dir", "env"])
+def test_a_folder_name_that_is_not_utf8_is_one_clear_error(tmp_path, monkeypatch, via):
+    import os
+
+    folder = put_mnist_like(Path(os.fsdecode(os.fsencode(str(tmp_path)) + b"/bad\xffname")))
+    if via == "env":
+        monkeypatch.setenv("MNISTLAB_DATA", str(folder))
+    with pytest.raises(DataError, match=r"bad\\xffname has a name that is not UTF-8") as err:
+        locate("mnist", str(folder) if via == "data-dir" else None, download=False)
+    assert "\n" not in str(err.value)
+    str(err.value).encode("ascii")  # printable anywhere: the byte is shown as \xff
+
+
+# -- the MNIST family shares its file names: a folder of one is never judged as another ---------
+def tiny_registered(folder: Path, name: str, seed: int, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Small IDX files in ``folder``, registered (for this test) as ``name``'s published content."""
+    import dataclasses
+    import hashlib
+
+    from mnistlab.data.idx import encode_idx, write_idx
+    from mnistlab.data.registry import FileSpec
+
+    rng = np.random.default_rng(seed)
+    spec = get_dataset(name)
+    files = []
+    folder.mkdir(parents=True, exist_ok=True)
+    for fs in spec.files:
+        n = 30 if fs.role.startswith("train") else 10
+        if fs.role.endswith("images"):
+            arr = rng.integers(0, 256, (n, 28, 28), dtype=np.uint8)
+        else:
+            arr = rng.integers(0, 10, n, dtype=np.uint8)
+        write_idx(folder / fs.filename, arr)
+        raw = hashlib.md5(encode_idx(arr)).hexdigest()
+        files.append(FileSpec(fs.role, fs.filename, None, "0" * 32, None, raw))
+    monkeypatch.setitem(DATASETS, name, dataclasses.replace(spec, files=tuple(files)))
+    return folder
+
+
+@pytest.fixture
+def mnist_and_cached_fashion(tmp_path, monkeypatch, isolated_env) -> Path:
+    """A folder of the user's MNIST (as --data-dir), Fashion-MNIST in the cache, no KMNIST."""
+    tiny_registered(
+        isolated_env["xdg"] / "mnistlab" / "fashion-mnist", "fashion-mnist", 1, monkeypatch
+    )
+    return tiny_registered(tmp_path / "my-mnist", "mnist", 0, monkeypatch)
+
+
+@pytest.mark.parametrize("via", ["data-dir", "env"])
+def test_train_another_dataset_with_a_mnist_folder_looks_on_in_the_cache(
+    mnist_and_cached_fashion, via, monkeypatch
+):
+    from mnistlab.data import load_splits
+    from mnistlab.data.locate import DatasetNotFound
+
+    mnist = mnist_and_cached_fashion
+    data_dir = str(mnist) if via == "data-dir" else None
+    if via == "env":
+        monkeypatch.setenv("MNISTLAB_DATA", str(mnist))
+    # train --dataset fashion-mnist --data-dir MNIST: what train loads, from the cache
+    found = locate("fashion-mnist", data_dir, download=False)
+    assert found.source == "cache" and found.name == "fashion-mnist"
+    splits = load_splits("fashion-mnist", data_dir, validation_size=5, download=False)
+    assert splits.name == "fashion-mnist" and len(splits.train) == 25
+    with pytest.raises(DatasetNotFound, match=r"holds MNIST .*'s files, not kmnist's"):
+        locate("kmnist", data_dir, download=False)
+    assert locate("mnist", data_dir, download=False).directory == mnist
+
+
+@pytest.mark.parametrize("via", ["data-dir", "env"])
+def test_doctor_on_a_good_mnist_folder_calls_nothing_damaged(
+    mnist_and_cached_fashion, via, monkeypatch, capsys
+):
+    from mnistlab.apps import doctor
+    from mnistlab.apps.cli import main
+
+    mnist = mnist_and_cached_fashion
+    findings = {f.check: f for f in doctor.dataset_findings(str(mnist))}
+    assert findings["dataset mnist"].status == "ok"
+    assert findings["dataset fashion-mnist"].status == "ok"
+    assert "cache" in findings["dataset fashion-mnist"].detail
+    assert findings["dataset kmnist"].status == "note"
+    assert not any("delete" in f.fix for f in findings.values())
+
+    # the command as a person runs it (the machine's own checks aside): exit 0, nothing to delete
+    for other in ("version_findings", "device_findings", "package_findings"):
+        monkeypatch.setattr(doctor, other, lambda *a: [])
+    args = ["doctor", "--run-dir", str(mnist.parent / "runs")]
+    if via == "data-dir":
+        args += ["--data-dir", str(mnist)]
+    else:
+        monkeypatch.setenv("MNISTLAB_DATA", str(mnist))
+    assert main(args) == 0
+    text = capsys.readouterr().out
+    assert "PROBLEM" not in text and "damaged" not in text and "delete" not in text
+    assert "All is well" in text
+
+
+@pytest.mark.parametrize("via", ["data-dir", "env"])
+def test_data_list_does_not_claim_other_datasets_in_a_mnist_folder(
+    mnist_and_cached_fashion, via, monkeypatch, capsys
+):
+    from mnistlab.apps.cli import main
+
+    mnist = mnist_and_cached_fashion
+    args = ["data", "list"]
+    if via == "data-dir":
+        args += ["--data-dir", str(mnist)]
+    else:
+        monkeypatch.setenv("MNISTLAB_DATA", str(mnist))
+    assert main(args) == 0
+    rows = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()}
+    assert str(mnist) in rows["mnist"]
+    assert str(mnist) not in rows["fashion-mnist"] and "cache" in rows["fashion-mnist"]
+    assert str(mnist) not in rows["kmnist"] and "not found" in rows["kmnist"]
+
+
+def test_doctor_never_advises_deleting_a_folder_of_the_users(tmp_path, monkeypatch):
+    from mnistlab.apps import doctor
+
+    mnist = tiny_registered(tmp_path / "my-mnist", "mnist", 0, monkeypatch)
+    labels = mnist / "t10k-labels-idx1-ubyte.gz"
+    labels.write_bytes(labels.read_bytes()[:-9])  # truncated: damaged, and still MNIST's name
+    found = {f.check: f for f in doctor.dataset_findings(str(mnist))}["dataset mnist"]
+    assert found.status == "problem"
+    assert "delete" not in found.fix and "good copy" in found.fix
+
+
+def test_label_range_and_counts_are_checked_also_when_the_checksum_fails(tmp_path):
+    from mnistlab.data.idx import read_idx, write_idx
+
+    folder = put_mnist_like(tmp_path / "d" / "mnist-sample")
+    labels = read_idx(folder / "t10k-labels-idx1-ubyte.gz").copy()
+    labels[:3] = 12  # three labels out of range: the checksum fails too
+    write_idx(folder / "t10k-labels-idx1-ubyte.gz", labels[:-1])  # and one label short
+    report = verify("mnist-sample", tmp_path / "d")
+    text = " | ".join(report.problems)
+    assert "differs from the published" in text
+    assert "3 labels outside 0..9 (largest 12)" in text
+    assert "has 1000 images but" in text and "has 999 labels" in text

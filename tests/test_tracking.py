@@ -17,6 +17,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from tensorboard.plugins.hparams import metadata as hparams_metadata
 
 from mnistlab.apps.cli import main
+from mnistlab.io.callbacks import Callback, Wants
 from mnistlab.io.digits import misclassified_grid
 from mnistlab.io.plots import read_metrics
 from mnistlab.io.tracking import TrackingCallback, _graph_profile, _tensorboard_without_tensorflow
@@ -229,3 +230,68 @@ def test_misclassified_grid_shape():
     grid = misclassified_grid(images, np.arange(10), np.arange(10)[::-1], cols=4)
     assert grid.dtype == np.uint8 and grid.ndim == 2
     assert grid.shape[1] == 4 * (56 + 2) and grid.shape[0] == 3 * (56 + 12 + 2)
+
+
+def test_a_metrics_file_with_a_byte_that_is_not_utf8(tmp_path):
+    from mnistlab.errors import TrackingError
+
+    good = b'{"step": 10, "loss": 1.0}\n'
+    path = tmp_path / "metrics.jsonl"
+    path.write_bytes(good + b'{"step": 20, "loss": \xff}\n' + good)
+    with pytest.raises(TrackingError, match=r"line 2: not UTF-8 text; the file is damaged"):
+        read_metrics(path)
+    path.write_bytes(good + b'{"step": 20, "lo\xff')  # a torn last line: skipped, as ever
+    assert [r["step"] for r in read_metrics(path)] == [10]
+
+
+# -- metrics.jsonl across checkpoints and resumes ----------------------------------------------
+class LineOnDiskAtCheckpoint(Callback):
+    """A checkpoint writer of its own: at each checkpoint, what does metrics.jsonl hold on disk
+    (as a process killed right after this checkpoint would leave it)?"""
+
+    def __init__(self, run_dir: Path):
+        self.path = run_dir / "metrics.jsonl"
+        self.seen: dict[int, list[int]] = {}
+
+    def wants(self, run):
+        return Wants(checkpoints=True, checkpoint_every=20)
+
+    def on_checkpoint(self, run, state, *, periodic, best):
+        lines = self.path.read_bytes().splitlines() if self.path.exists() else []
+        self.seen[run.step] = [json.loads(ln)["step"] for ln in lines]
+
+
+def test_a_checkpoints_step_is_in_metrics_before_the_checkpoint(sample_splits, tmp_path):
+    config = small_config("seed-mlp", "train.steps=40", "train.log_every=10", "train.eval_every=20")
+    probe = LineOnDiskAtCheckpoint(tmp_path)
+    train(config, sample_splits, callbacks=[TrackingCallback(tmp_path, tensorboard=False), probe])
+    assert probe.seen[20] == [10, 20] and probe.seen[40][:4] == [10, 20, 30, 40]
+
+
+def metrics_args(run: Path, *extra: str) -> list[str]:
+    return [
+        "train", "--dataset", "mnist-sample", "--quiet", "--no-tensorboard", "--run-dir",
+        str(run), "--set", "train.log_every=10", "--set", "train.eval_every=20",
+        "--set", "checkpoint.every=20", "--set", "checkpoint.keep=5", "--set", "train.threads=1",
+        "--set", "train.device=cpu", *extra,
+    ]  # fmt: skip
+
+
+def test_resuming_from_an_older_step_keeps_metrics_in_order_and_the_curve_smooth(tmp_path):
+    whole, cut = tmp_path / "whole", tmp_path / "cut"
+    assert main(metrics_args(whole, "--set", "train.steps=60")) == 0
+    assert main(metrics_args(cut, "--set", "train.steps=60")) == 0
+    older = cut / "checkpoints" / "step-000020.pt"
+    assert older.exists()
+    assert main(["train", "--resume", str(older), "--quiet", "--no-tensorboard"]) == 0
+
+    def by_step(run: Path) -> list[dict]:
+        return [r for r in read_metrics(run) if "loss" in r]
+
+    steps = [r["step"] for r in read_metrics(cut)]
+    assert steps == sorted(steps), steps  # in step order, no stretch written twice
+    assert [r["step"] for r in by_step(cut)] == [10, 20, 30, 40, 50, 60]
+    assert sum("test_accuracy" in r for r in read_metrics(cut)) == 1
+    for got, want in zip(by_step(cut), by_step(whole), strict=True):
+        assert got["loss"] == want["loss"]  # resume is exact on the CPU
+        assert got["loss_smoothed"] == pytest.approx(want["loss_smoothed"], rel=1e-12)

@@ -1,5 +1,11 @@
 """``python -m mnistlab`` is the same as the ``mnistlab`` command."""
 
-from mnistlab.apps.cli import main
+try:
+    from mnistlab.apps.cli import main
+except KeyboardInterrupt:  # Ctrl-C in the first instants, before main() can catch it
+    import sys
+
+    sys.stderr.write("mnistlab: interrupted\n")
+    raise SystemExit(130) from None
 
 raise SystemExit(main())

@@ -7,8 +7,10 @@ sets ``func``; this file only wires them together.
 from __future__ import annotations
 
 import argparse
+import codecs
 import contextlib
 import importlib
+import io
 import os
 import signal
 import sys
@@ -49,7 +51,62 @@ def _quiet_shutdown() -> None:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
+# Characters mnistlab prints, as plain ASCII for a terminal or pipe that cannot show them.
+_PLAIN = {"±": "+/-", "—": "--", "–": "-", "…": "...", "×": "x", "·": ".", "→": "->", "≈": "~"}
+_PLAIN |= {"≥": ">=", "≤": "<=", "‘": "'", "’": "'", "“": '"', "”": '"', "µ": "u", "°": " deg"}
+STREAM_ERRORS = "mnistlab-plain"
+
+
+def _plain(error: UnicodeError) -> tuple[str, int]:
+    """Codec error handler: what the stream cannot encode, written as ASCII instead of raising.
+
+    The typographic characters of tables and messages become their ASCII spelling; anything
+    else becomes an escape (``\\xe9``, ``\\u4e2d``), and a byte of a file name that was not
+    UTF-8 (decoded by Python as a lone surrogate) is shown as that byte, ``\\xff``."""
+    if not isinstance(error, UnicodeEncodeError):
+        raise error
+    out = []
+    for char in error.object[error.start : error.end]:
+        code = ord(char)
+        if char in _PLAIN:
+            out.append(_PLAIN[char])
+        elif 0xDC80 <= code <= 0xDCFF:  # surrogateescape: the undecodable byte itself
+            out.append(f"\\x{code - 0xDC00:02x}")
+        else:
+            out.append(char.encode("ascii", "backslashreplace").decode("ascii"))
+    return "".join(out), error.end
+
+
+codecs.register_error(STREAM_ERRORS, _plain)
+
+
+def tolerant_streams() -> None:
+    """Make stdout and stderr write every character they are given: under ``LC_ALL=C``,
+    ``PYTHONIOENCODING=ascii`` or a Latin-1 terminal, what their encoding lacks is spelled in
+    ASCII instead of raising ``UnicodeEncodeError`` in the middle of a table or a message."""
+    for stream in (sys.stdout, sys.stderr):
+        if isinstance(stream, io.TextIOWrapper):
+            with contextlib.suppress(ValueError, io.UnsupportedOperation):  # closed, detached
+                stream.reconfigure(errors=STREAM_ERRORS)
+
+
+def interrupted() -> int:
+    """Ctrl-C outside training (while imports run, while a command works): one line, 130."""
+    _quiet_shutdown()
+    with contextlib.suppress(Exception):
+        print("mnistlab: interrupted", file=sys.stderr)
+    return 130
+
+
 def main(argv: list[str] | None = None) -> int:
+    tolerant_streams()
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:  # also while the subcommands' modules (torch ...) are imported
+        return interrupted()
+
+
+def _main(argv: list[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
@@ -58,19 +115,16 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except MnistlabError as exc:
-        asked = exc.exit_code in (130, 143)  # a stop the user asked for: Ctrl-C or SIGTERM
+        from mnistlab.parallel.launch import STOP_EXIT_CODES, launcher_reports
+
+        asked = exc.exit_code in STOP_EXIT_CODES  # a stop asked for: Ctrl-C, SIGTERM, SIGHUP
         kind = "" if asked else "error: "
         if asked:
             _quiet_shutdown()
-        from mnistlab.parallel.launch import launcher_reports
 
         if not launcher_reports(exc):  # a --workers worker: its launcher prints it, once
             print(f"mnistlab: {kind}{exc}", file=sys.stderr)
         return exc.exit_code
-    except KeyboardInterrupt:
-        _quiet_shutdown()
-        print("mnistlab: interrupted", file=sys.stderr)
-        return 130
     except BrokenPipeError:  # `mnistlab ... | head`
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1

@@ -14,15 +14,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from mnistlab.data.locate import (
-    Located,
-    VerifyReport,
-    candidate_dirs,
-    download,
-    locate,
-    verify,
-)
+from mnistlab.data.locate import Located, candidate_dirs, download, locate
 from mnistlab.data.registry import DATASETS, DatasetSpec, get_dataset
+from mnistlab.data.verify import VerifyReport, verify
 from mnistlab.errors import DataError
 from mnistlab.io.progress import download_progress
 

@@ -88,6 +88,7 @@ def device_findings() -> list[Finding]:
 def dataset_findings(data_dir: str | None = None) -> list[Finding]:
     """Where each registered dataset was found and whether its files pass verification."""
     from mnistlab.data import DATASETS, locate, verify
+    from mnistlab.data.verify import repair_advice
     from mnistlab.errors import DataError
 
     out = []
@@ -117,8 +118,7 @@ def dataset_findings(data_dir: str | None = None) -> list[Finding]:
                     check,
                     "problem",
                     f"{where}: {exc}",
-                    f"delete the files in {loc.directory} and run "
-                    f"`mnistlab data download {spec.name}`",
+                    repair_advice(loc),
                 )
             )
             continue
@@ -128,7 +128,7 @@ def dataset_findings(data_dir: str | None = None) -> list[Finding]:
                     check,
                     "problem",
                     f"{where}: " + "; ".join(report.problems),
-                    f"delete the damaged files and run `mnistlab data download {spec.name}`",
+                    repair_advice(loc),
                 )
             )
             continue

@@ -6,18 +6,10 @@ Offline first: ``locate`` looks in ``--data-dir``/``$MNISTLAB_DATA``, the user c
 
 from mnistlab.data.batching import Batcher
 from mnistlab.data.idx import read_idx, read_idx_header, write_idx
-from mnistlab.data.locate import (
-    Located,
-    ProgressCallback,
-    VerifyReport,
-    candidate_dirs,
-    download,
-    load_arrays,
-    locate,
-    verify,
-)
+from mnistlab.data.locate import Located, ProgressCallback, candidate_dirs, download, locate
 from mnistlab.data.registry import DATASETS, DatasetSpec, FileSpec, class_names, get_dataset
 from mnistlab.data.splits import Split, Splits, load_splits
+from mnistlab.data.verify import VerifyReport, load_arrays, verify
 
 __all__ = [
     "DATASETS",

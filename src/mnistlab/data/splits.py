@@ -15,8 +15,9 @@ import numpy as np
 import torch
 
 from mnistlab.config.schema import INPUT_SHAPE
-from mnistlab.data.locate import Located, ProgressCallback, load_arrays, locate
+from mnistlab.data.locate import Located, ProgressCallback, locate
 from mnistlab.data.registry import get_dataset
+from mnistlab.data.verify import load_arrays
 from mnistlab.errors import DataError
 
 

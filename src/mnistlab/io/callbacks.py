@@ -180,6 +180,10 @@ class Callback:
         at every ``checkpoint.every`` steps and the last (``periodic``), at a new best
         validation accuracy (``best``), and before an interrupt stops the run."""
 
+    def before_checkpoint(self, run: RunView) -> None:
+        """Just before the callbacks that want checkpoints are handed this step's state (every
+        callback, main rank): make what was written up to this step durable."""
+
     def on_end(self, run: RunView, result: ResultView) -> None:
         """After the final test evaluation."""
 

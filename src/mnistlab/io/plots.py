@@ -44,7 +44,7 @@ def read_metrics(path: str | Path) -> list[dict[str, Any]]:
     """The records of a ``metrics.jsonl``; a line torn by a crash mid-write is skipped."""
     path = metrics_path(path)
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        lines = path.read_bytes().splitlines()
     except FileNotFoundError:
         raise TrackingError(
             f"{path} does not exist: is it a run folder of `mnistlab train` "
@@ -57,11 +57,12 @@ def read_metrics(path: str | Path) -> list[dict[str, Any]]:
         if not line.strip():
             continue
         try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            if number == len(lines) or (line.startswith("{") and not line.rstrip().endswith("}")):
+            record = json.loads(line.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            if number == len(lines) or (line.startswith(b"{") and not line.rstrip().endswith(b"}")):
                 continue  # a line a crash interrupted (a resumed run writes on after it)
-            raise TrackingError(f"{path}, line {number}: not JSON; the file is damaged") from None
+            what = "not UTF-8 text" if isinstance(exc, UnicodeDecodeError) else "not JSON"
+            raise TrackingError(f"{path}, line {number}: {what}; the file is damaged") from None
         if isinstance(record, dict) and "step" in record:
             records.append(record)
     return records

@@ -184,7 +184,12 @@ class TrackingCallback(Callback):
                 f"cannot create the run folder {self.run_dir}: {exc.strerror or exc}"
             ) from None
         if self.jsonl:
-            self.metrics = MetricsFile(self.run_dir / METRICS_FILE)
+            resumed = run.step or None
+            self.metrics = MetricsFile(self.run_dir / METRICS_FILE, resume_at=resumed)
+            if resumed:  # the smoothed loss goes on from where the checkpointed run had it
+                for record in self.metrics.kept:
+                    if isinstance(record.get("loss"), (int, float)):
+                        self._smooth(float(record["loss"]))
         if self.tensorboard:
             _tensorboard_without_tensorflow()
             # Imported here, once, so their first use inside the loop costs no import time.
@@ -234,9 +239,7 @@ class TrackingCallback(Callback):
         rate = (run.step - last_step) / (now - last_time) if now > last_time else None
         self._last_log = (run.step, now)
         loss = record["loss"]
-        self._smoothing_weight = SMOOTHING * self._smoothing_weight + (1 - SMOOTHING)
-        self._smoothed = SMOOTHING * self._smoothed + (1 - SMOOTHING) * loss
-        smoothed = self._smoothed / self._smoothing_weight
+        smoothed = self._smooth(loss)
         entry = dict(
             record,
             loss_smoothed=smoothed,
@@ -259,6 +262,22 @@ class TrackingCallback(Callback):
                 w.add_scalar("train/batch_accuracy", accuracy, step)
             if rate is not None:
                 w.add_scalar("train/steps_per_second", rate, step)
+
+    def _smooth(self, loss: float) -> float:
+        """One more point of the debiased moving average; returns its value."""
+        self._smoothing_weight = SMOOTHING * self._smoothing_weight + (1 - SMOOTHING)
+        self._smoothed = SMOOTHING * self._smoothed + (1 - SMOOTHING) * loss
+        return self._smoothed / self._smoothing_weight
+
+    def before_checkpoint(self, run: RunView) -> None:
+        """This step's record (held back to gather its evaluation) and every earlier one on
+        disk before the checkpoint of this step is written: a run killed right after the
+        checkpoint keeps the step's line, and a resume finds the file complete up to it."""
+        if not run.is_main:
+            return
+        self._flush_pending()
+        if self.metrics is not None:
+            self.metrics.sync()
 
     # -- every eval_every steps ------------------------------------------------------------------
     def on_eval(self, run: RunView, evaluation: EvalRecord) -> None:

@@ -213,3 +213,8 @@ class Strategy:
     def close(self) -> None:
         """The end of a run that succeeded (nothing to let go of in one process)."""
         return None
+
+    def lost_peer(self, exc: BaseException) -> Exception | None:
+        """``exc`` restated in one line when it only says that another rank went away (one
+        process has no other rank: never)."""
+        return None

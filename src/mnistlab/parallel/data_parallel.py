@@ -56,6 +56,10 @@ class DataParallel(DistributedStrategy):
         self.optimizer = make_optimizer(list(self.model.parameters()))
         decorrelate_dropout(self.rank)
 
+    def _let_go(self) -> None:
+        super()._let_go()
+        self.ddp = None  # its reducer holds the group
+
     def shard(self, indices: torch.Tensor) -> torch.Tensor:
         if indices.numel() != self.per_rank * self.world_size:
             raise ParallelError(

@@ -18,7 +18,10 @@ from __future__ import annotations
 import atexit
 import contextlib
 import datetime
+import gc
 import os
+import re
+import signal
 import sys
 import threading
 import time
@@ -29,11 +32,18 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from mnistlab.errors import ParallelError
+from mnistlab.errors import MnistlabError, ParallelError
 from mnistlab.parallel.base import Strategy
 from mnistlab.parallel.device import resolve_device
 
 TIMEOUT_ENV = "MNISTLAB_DIST_TIMEOUT"
+KNOCK_ON = re.compile(
+    r"connection (closed|reset)|broken pipe|socket|peer|timed out|"
+    r"DistBackendError|DistNetworkError|NCCL|gloo",
+    re.IGNORECASE,
+)
+"""What a failure says when it happened *because a peer had already gone*, not why the group
+failed: gloo and NCCL raise plain ``RuntimeError``s, so their words are all there is to go on."""
 STEP_TIMEOUT_ENV = "MNISTLAB_STEP_TIMEOUT"
 HANG_EXIT_CODE = 3
 
@@ -57,6 +67,11 @@ def _seconds(name: str, default: float) -> float:
     if value <= 0:
         raise ParallelError(f"{name} must be a positive number of seconds; got {raw}")
     return value
+
+
+class PeerLost(ParallelError):
+    """A collective failed because another rank went away: that rank's failure is the news,
+    and this one is said in one line (the launcher names the rank that started it)."""
 
 
 @dataclass(frozen=True)
@@ -88,6 +103,7 @@ def init_group(device: str = "auto") -> GroupInfo:
             "a parallel mode needs processes started by torchrun: use `mnistlab train --parallel "
             "MODE --workers N`, or `torchrun --nproc-per-node N -m mnistlab train --parallel MODE`"
         )
+    stop_with_parent()
     local_rank = int(env.get("LOCAL_RANK", "0"))
     local_world = int(env.get("LOCAL_WORLD_SIZE", "1"))
     place = resolve_device(device, local_rank=local_rank, local_world=local_world)
@@ -105,6 +121,7 @@ def init_group(device: str = "auto") -> GroupInfo:
         }
         if place.type == "cuda":
             kwargs["device_id"] = place
+        _import_before_the_group()
         try:
             dist.init_process_group(store=_attempt_store(timeout), **kwargs)
         except Exception as exc:  # a rendezvous that cannot be reached, a port in use, ...
@@ -123,6 +140,49 @@ def init_group(device: str = "auto") -> GroupInfo:
         backend=str(dist.get_backend()),
         device=place,
     )
+
+
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+
+def stop_with_parent() -> None:
+    """A worker stops when its launcher dies, even by ``kill -9`` (which it cannot pass on).
+
+    On Linux the kernel is asked (``prctl(PR_SET_PDEATHSIG, SIGTERM)``) to send this process
+    SIGTERM when its parent (the launcher, or torchrun's agent) ends: the loop then stops at the
+    next boundary and saves, as for any SIGTERM, instead of training on with nobody to report
+    to. A parent that ended while the request was made leaves the worker adopted already: it
+    stops the same way. Elsewhere nothing is done."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+    import ctypes.util
+
+    parent = os.getppid()
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
+    except (OSError, AttributeError):
+        return
+    # Orphaned between the two calls: the request came too late to fire. (The parent's pid is
+    # compared, never tested against 1: torchrun is PID 1 itself in many a container.)
+    if os.getppid() != parent:
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+def _import_before_the_group() -> None:
+    """Import, while no group exists, the torch module that would otherwise keep one alive.
+
+    ``torch.distributed.nn.functional`` declares its functions with ``group=group.WORLD`` as a
+    default argument, evaluated when the module is first imported. DDP imports it, inside the
+    group; ten of its functions then hold the default group for the life of the interpreter, so
+    ``destroy_process_group`` cannot free it: gloo's worker and socket threads stay alive into
+    interpreter shutdown, where a C++ thread that releases the last tensor of its last work
+    needs the GIL, and Python ends such a thread in the middle of a destructor:
+    ``terminate called without an active exception``, SIGABRT, the abort a worker sometimes
+    died of after a run. Imported here first, the defaults are ``None`` (the current group).
+    """
+    import torch.distributed.nn.functional  # noqa: F401
 
 
 def _attempt_store(timeout: datetime.timedelta) -> dist.Store:
@@ -257,13 +317,42 @@ class DistributedStrategy(Strategy):
         dist.barrier()
 
     def close(self) -> None:
-        """The end of a run that succeeded: every rank leaves the group together, a barrier then
-        ``destroy_process_group``, while the interpreter is whole. Left to ``atexit`` alone, a
-        rank could tear its connections down while a peer still had work in flight, and gloo's
-        threads could outlive the interpreter (a rare abort at exit, seen in tensor mode)."""
+        """The end of a run that succeeded: every rank leaves the group together, while the
+        interpreter is whole and every peer still connected.
+
+        A barrier first (no collective is in flight anywhere after it); then this strategy lets
+        go of everything that holds the group and collects the cycles among them (modules and
+        their hooks), so that ``destroy_process_group`` frees the group there and then: the
+        backend joins its worker threads and closes its sockets now. A group that outlives this
+        call is torn down during interpreter shutdown instead, with C++ threads still running
+        while Python and the libraries' globals are dismantled, and peers already gone. The
+        strategy cannot train after ``close``."""
         with self.watchdog.guard("leaving the process group"):
             dist.barrier()
+        self._let_go()
+        gc.collect()
         destroy_group()
+
+    def lost_peer(self, exc: BaseException) -> PeerLost | None:
+        """``exc`` as one line when it is the group breaking off under this rank (a peer died:
+        gloo's "Connection reset by peer" and the like), else ``None`` (a failure of its own,
+        shown as it is)."""
+        if isinstance(exc, MnistlabError) or not isinstance(exc, RuntimeError):
+            return None
+        text = str(exc).strip()
+        if not KNOCK_ON.search(text):
+            return None
+        first = text.splitlines()[0] if text else type(exc).__name__
+        return PeerLost(
+            f"rank {self.rank}: the process group broke off, so another worker had stopped "
+            f"({first[:200]})"
+        )
+
+    def _let_go(self) -> None:
+        """Drop every object that holds the process group (DDP's reducer, a DTensor mesh, a
+        pipeline stage, the optimizer over their parameters); subclasses add their own."""
+        self.model = None
+        self.optimizer = None
 
     @property
     def _comm_device(self) -> torch.device:

@@ -15,8 +15,8 @@ failed group. When a worker fails, the others are stopped within seconds and one
 worker and its cause, read from that worker's own error line rather than from a neighbour's
 "connection closed" that merely followed it.
 
-Ctrl-C (SIGINT) or SIGTERM to the launcher is passed on to the workers once; they stop at a step,
-save, and the launcher exits 130 or 143 like one process. A second signal while they save is
+Ctrl-C (SIGINT), SIGTERM or SIGHUP to the launcher is passed on to the workers once; they stop
+at a step, save, and the launcher exits 130, 143 or 129 like one process. A second signal while they save is
 ignored (the engine kills workers that take longer than its shutdown timeout, 30 s).
 """
 
@@ -37,17 +37,11 @@ from typing import TYPE_CHECKING
 
 from mnistlab.errors import ConfigError, ParallelError
 from mnistlab.parallel.device import gpu_shortfall
-from mnistlab.parallel.dist import HANG_EXIT_CODE, under_torchrun
+from mnistlab.parallel.dist import HANG_EXIT_CODE, PeerLost, under_torchrun
+from mnistlab.parallel.dist import KNOCK_ON as _KNOCK_ON
 
 if TYPE_CHECKING:
     from mnistlab.config import Config
-
-# Lines that say a worker failed *because a peer had already gone*, not why the group failed.
-_KNOCK_ON = re.compile(
-    r"connection (closed|reset)|broken pipe|socket|peer|timed out|"
-    r"DistBackendError|NCCL|gloo",
-    re.IGNORECASE,
-)
 
 
 def wants_launch(mode: str) -> bool:
@@ -115,8 +109,8 @@ def _stage_names(config: Config) -> list[str] | None:
 
 
 def launch(argv: Sequence[str], workers: int, mode: str, *, log_dir: str | None = None) -> int:
-    """Run ``mnistlab <argv>`` in ``workers`` local processes; 0 when all of them succeed, 130 or
-    143 when Ctrl-C or SIGTERM stopped them (after they saved).
+    """Run ``mnistlab <argv>`` in ``workers`` local processes; 0 when all of them succeed, 130,
+    143 or 129 when Ctrl-C, SIGTERM or SIGHUP stopped them (after they saved).
 
     ``argv`` is this process's own command line after the program name (``sys.argv[1:]``) plus
     whatever the workers need on top (it may lack ``--parallel`` when a resumed run's checkpoint
@@ -144,9 +138,9 @@ def launch(argv: Sequence[str], workers: int, mode: str, *, log_dir: str | None 
     # The main worker's lines reach the console as they are (no "[default0]:" prefix, so
     # --json still ends with a JSON line): the prefix template is the role, and the role is empty.
     os.environ.setdefault("TORCHELASTIC_LOG_LINE_PREFIX_TEMPLATE", "${role_name}")
-    # Ctrl-C and SIGTERM are ours (_stop_once), not the engine's: its handler raises again on a
+    # Ctrl-C, SIGTERM and SIGHUP are ours (_stop_once), not the engine's: its handler raises again on a
     # second signal, in the middle of its shutdown, and orphans workers that are still saving.
-    os.environ["PET_SIGNALS_TO_HANDLE"] = "SIGHUP,SIGQUIT"
+    os.environ["PET_SIGNALS_TO_HANDLE"] = "SIGQUIT"
     args = torchrun.parse_args(
         [
             "--standalone",
@@ -167,7 +161,7 @@ def launch(argv: Sequence[str], workers: int, mode: str, *, log_dir: str | None 
     try:
         with _quiet_torchrun(), _stop_once(SignalException):
             torchrun.run(args)
-    except SignalException as exc:  # Ctrl-C or SIGTERM: the engine passed it on; workers saved
+    except SignalException as exc:  # a stop signal: the engine passed it on; workers saved
         # The main worker has said where it stopped and how to go on; nothing to add.
         return 128 + int(exc.sigval)
     except ChildFailedError as exc:
@@ -185,7 +179,7 @@ def launch(argv: Sequence[str], workers: int, mode: str, *, log_dir: str | None 
 
 @contextlib.contextmanager
 def _stop_once(exception: type[BaseException]) -> Iterator[None]:
-    """The first SIGINT / SIGTERM raises the engine's ``SignalException`` (it then sends the same
+    """The first SIGINT / SIGTERM / SIGHUP raises the engine's ``SignalException`` (it then sends the same
     signal to every worker and waits for them); later ones are ignored, so the workers' save is
     not cut short and no worker is left behind. After a stop they stay ignored until exit."""
     stopping: list[signal.Signals] = []
@@ -196,7 +190,7 @@ def _stop_once(exception: type[BaseException]) -> Iterator[None]:
         stopping.append(signal.Signals(signum))
         raise exception(f"got signal {stopping[0].name}", sigval=stopping[0])  # type: ignore[call-arg]
 
-    watched = (signal.SIGINT, signal.SIGTERM)
+    watched = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
     try:
         previous = {s: signal.signal(s, handler) for s in watched}
     except ValueError:  # not the main thread: the engine's own handling applies
@@ -228,6 +222,9 @@ def _quiet_torchrun() -> Iterator[None]:
             logger.setLevel(level)
 
 
+STOP_EXIT_CODES = (129, 130, 143)
+"""Exit statuses of a stop the person (or the terminal) asked for: SIGHUP, Ctrl-C, SIGTERM."""
+
 LAUNCHER_REPORTS = "MNISTLAB_LAUNCHER_REPORTS"
 """Set by ``--workers N`` for its workers: the launcher prints a failing worker's error."""
 
@@ -239,28 +236,30 @@ def launcher_reports(exc: BaseException) -> bool:
     return (
         os.environ.get(LAUNCHER_REPORTS) == "1"
         and bool(os.environ.get("TORCHELASTIC_ERROR_FILE"))
-        and code not in (130, 143)
+        and code not in STOP_EXIT_CODES
     )
 
 
 def record_failure(exc: BaseException) -> None:
     """In a torchrun worker, write why it is failing to torchelastic's error file for it
     (``TORCHELASTIC_ERROR_FILE``, the file ``errors.record`` writes), for ``root_cause``. A stop
-    the person asked for (Ctrl-C, SIGTERM) is not a failure and writes nothing."""
+    the person asked for (Ctrl-C, SIGTERM, SIGHUP) is not a failure and writes nothing."""
     path = os.environ.get("TORCHELASTIC_ERROR_FILE")
     code = getattr(exc, "exit_code", None)
-    if not path or not isinstance(exc, Exception) or code in (130, 143):
+    if not path or not isinstance(exc, Exception) or code in STOP_EXIT_CODES:
         return
     from mnistlab.errors import MnistlabError
 
     text = str(exc).strip()
     message = text if isinstance(exc, MnistlabError) else f"{type(exc).__name__}: {text}"
-    write_error_file(path, message.splitlines()[0] if message else type(exc).__name__)
+    first = message.splitlines()[0] if message else type(exc).__name__
+    write_error_file(path, first, knock_on=isinstance(exc, PeerLost))
 
 
-def write_error_file(path: str, message: str) -> None:
+def write_error_file(path: str, message: str, *, knock_on: bool = False) -> None:
     """torchelastic's error-file format, plus the time to the microsecond (its own is whole
-    seconds, too coarse to tell which of two workers failed first)."""
+    seconds, too coarse to tell which of two workers failed first) and whether the failure only
+    followed a peer's (``knock_on``)."""
     import json
     import time
     import traceback
@@ -271,45 +270,77 @@ def write_error_file(path: str, message: str) -> None:
             "message": message,
             "extraInfo": {"py_callstack": traceback.format_exc(), "timestamp": str(int(now))},
         },
-        "mnistlab": {"message": message, "time": now},
+        "mnistlab": {"message": message, "time": now, "knock_on": knock_on},
     }
     with contextlib.suppress(OSError):
         Path(path).write_text(json.dumps(data), encoding="utf-8")
 
 
 def root_cause(exc: BaseException, logs: Path) -> tuple[int, str]:
-    """The failed worker that started it, and its reason in one line.
+    """The failed worker that started it, and how it ended, in one line.
 
     A worker's reason comes from its error file (``record_failure``) when mnistlab wrote one,
-    else from its log (a failure before mnistlab's code ran). Of the workers that failed on their
-    own (not killed, not a broken connection that merely followed a peer), the earliest wins."""
+    else from its log (a failure before mnistlab's code ran); a worker that a signal ended is
+    named with the signal. Knock-ons never win over a cause: a worker that lost its peer (a
+    broken connection, a stalled collective), or that the launcher stopped on the way out
+    (SIGTERM and the like, or the stop those save and exit by), only followed another. Of the
+    causes, the earliest wins."""
     failures = getattr(exc, "failures", {}) or {}
     found: list[tuple[bool, float, int, str]] = []  # (knock-on, time, rank, reason)
     for rank, failure in sorted(failures.items()):
         code = int(getattr(failure, "exitcode", 1))
         data = getattr(failure, "error_file_data", None)
         ours = data.get("mnistlab") if isinstance(data, dict) else None
+        local_rank = int(getattr(failure, "local_rank", rank))
+        flagged = False
         if isinstance(ours, dict) and ours.get("message"):
             reason, when = str(ours["message"]), float(ours.get("time", 0.0))
+            flagged = bool(ours.get("knock_on"))
         else:
-            reason = _reason_from_log(logs, int(getattr(failure, "local_rank", rank)))
+            reason = _reason_from_log(logs, local_rank)
             when = float(getattr(failure, "timestamp", 0) or 0)
         if code < 0:
-            reason = reason or f"killed by signal {-code}"
-        elif code == HANG_EXIT_CODE and not reason:
-            reason = "stalled in a collective"
-        reason = reason or f"exit status {code}"
-        knock_on = code < 0 or bool(_KNOCK_ON.search(reason))
+            how = f"killed by signal {-code} ({_signal_name(-code)})"
+            reason = f"{how}: {reason}" if reason else how
+            knock_on = -code in _STOP_SIGNALS  # the launcher stopping the survivors
+        else:
+            if code == HANG_EXIT_CODE and not reason:
+                reason = "stalled in a collective"
+            reason = reason or f"exit status {code}"
+            knock_on = (
+                flagged
+                or code in STOP_EXIT_CODES
+                or code == HANG_EXIT_CODE
+                or bool(_KNOCK_ON.search(reason))
+            )
         found.append((knock_on, when, rank, reason))
     if not found:
         return -1, str(exc).strip().splitlines()[0] if str(exc).strip() else "unknown failure"
     own = sorted(f for f in found if not f[0])
-    _, _, rank, reason = own[0] if own else found[0]
+    _, _, rank, reason = own[0] if own else min(found, key=lambda f: (f[1], f[2]))
     return rank, reason
 
 
+_STOP_SIGNALS = {int(signal.SIGTERM), int(signal.SIGINT), int(signal.SIGHUP)}
+
+
+def _signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"
+
+
+# Lines of a worker's log that say why it ended, when mnistlab could not say it itself.
+_TELLING = re.compile(
+    r"^(mnistlab: error:|Fatal Python error|terminate called|Segmentation fault|"
+    r"[\w.]+(Error|Exception|Interrupt)\b)"
+)
+
+
 def _reason_from_log(logs: Path, local_rank: int) -> str:
-    """The worker's ``mnistlab: error:`` line, else the last line of its traceback."""
+    """The worker's ``mnistlab: error:`` line, else the last line that says why it ended (an
+    exception, a fatal error, a C++ terminate); never some other last line (a progress bar)."""
     attempts = sorted(
         logs.glob(f"*/attempt_*/{local_rank}/stderr.log"), key=lambda p: (p.stat().st_mtime, str(p))
     )
@@ -319,11 +350,8 @@ def _reason_from_log(logs: Path, local_rank: int) -> str:
         lines = [ln.strip() for ln in attempts[-1].read_text(errors="replace").splitlines()]
     except OSError:
         return ""
-    lines = [ln for ln in lines if ln]
+    lines = [re.sub(r"^\[(default)?\d*\]:\s*|^\[rank\d+\]:\s*", "", ln) for ln in lines if ln]
     for line in reversed(lines):
         if line.startswith("mnistlab: error:"):
             return line.removeprefix("mnistlab: error:").strip()
-    for line in reversed(lines):
-        if re.match(r"^[\w.]+(Error|Exception|Interrupt)\b", line):
-            return line
-    return lines[-1] if lines else ""
+    return next((ln for ln in reversed(lines) if _TELLING.match(ln)), "")

@@ -84,6 +84,10 @@ class PipelineParallel(DistributedStrategy):
             self.full_model = model.to(self.device)
         self.optimizer = make_optimizer(list(self.model.parameters()))
 
+    def _let_go(self) -> None:
+        super()._let_go()
+        self.full_model = self._schedule = None  # the schedule's stage holds the group
+
     def _build_schedule(self) -> Any:
         assert self.model is not None, "prepare() first"
         stage = PipelineStage(self.model, self.rank, self.world_size, self.device)

@@ -93,6 +93,16 @@ class TensorParallel(DistributedStrategy):
         self.optimizer = make_optimizer(list(model.parameters()))
         decorrelate_dropout(self.rank)
 
+    def _let_go(self) -> None:
+        """The mesh holds the group in a registry of its own, and DTensor's sharding caches
+        keep every mesh they have seen for the life of the process: emptied, the mesh they
+        keep no longer keeps the group."""
+        registry = getattr(self.mesh, "_pg_registry", None)
+        if isinstance(registry, dict):
+            registry.clear()
+        super()._let_go()
+        self.mesh = None
+
     def global_penalty(self, local: torch.Tensor) -> torch.Tensor:
         """The penalty over split weights is a partial sum on each rank until it is gathered."""
         return local.full_tensor() if isinstance(local, DTensor) else local

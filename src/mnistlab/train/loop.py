@@ -38,11 +38,11 @@ from mnistlab.train.engine import Engine
 from mnistlab.train.metrics import summarize
 from mnistlab.train.objective import l2_penalty
 from mnistlab.train.state import Run, TrainResult, build_run
-from mnistlab.train.steps import check_finite_losses, select_engine
+from mnistlab.train.steps import check_finite_losses, loss_ceiling, select_engine
 
 
 class TrainingInterrupted(TrainingError):
-    """Ctrl-C or SIGTERM stopped training at a boundary (after the state was saved)."""
+    """Ctrl-C, SIGTERM or SIGHUP stopped training at a boundary (after the state was saved)."""
 
     exit_code = 130
 
@@ -50,7 +50,8 @@ class TrainingInterrupted(TrainingError):
         super().__init__(message)
         self.step = step
         self.signum = signum
-        # The shell's convention: 128 + the signal's number (130 for Ctrl-C, 143 for SIGTERM).
+        # The shell's convention: 128 + the signal's number (130 for Ctrl-C, 143 for SIGTERM,
+        # 129 for SIGHUP).
         if signum is not None:
             self.exit_code = 128 + int(signum)
 
@@ -58,6 +59,12 @@ class TrainingInterrupted(TrainingError):
         """The same stop, its message followed by ``hint`` (where the state went, how to go on:
         the code that assembled the run knows both)."""
         return TrainingInterrupted(self.step, f"{self}; {hint}", signum=self.signum)
+
+
+STOP_SIGNALS = tuple(
+    getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name)
+)
+"""The signals that stop training at the next boundary, with a checkpoint."""
 
 
 def due(step: int, every: int, total: int) -> bool:
@@ -76,8 +83,10 @@ def _next_boundary(step: int, total: int, intervals: Sequence[int]) -> int:
 
 @contextlib.contextmanager
 def _stop_on_signals(run: Run) -> Iterator[None]:
-    """First Ctrl-C / SIGTERM asks the loop to stop at the next boundary (and save);
-    a second Ctrl-C raises ``KeyboardInterrupt`` at once."""
+    """First Ctrl-C / SIGTERM / SIGHUP asks the loop to stop at the next boundary (and save);
+    a second Ctrl-C raises ``KeyboardInterrupt`` at once. SIGHUP (the terminal or the SSH
+    session that started the run went away) is a stop like SIGTERM: left to Python's default
+    it ended the process at once, with no checkpoint and no word."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -88,7 +97,7 @@ def _stop_on_signals(run: Run) -> Iterator[None]:
         run.stop_requested = True
         run.stop_signal = run.stop_signal or signum
 
-    previous = {s: signal.signal(s, ask_stop) for s in (signal.SIGINT, signal.SIGTERM)}
+    previous = {s: signal.signal(s, ask_stop) for s in STOP_SIGNALS}
     try:
         yield
     finally:
@@ -118,6 +127,9 @@ def train(
     except BaseException as exc:
         for cb in run.hooks:
             cb.on_failure(run, exc)
+        lost = run.strategy.lost_peer(exc)  # a peer died: one line, not gloo's traceback
+        if lost is not None:
+            raise lost from None
         raise
     return loop.finish(started, train_seconds)
 
@@ -132,6 +144,7 @@ class _Loop:
         self.weights = [p for p in run.parameters() if p.ndim >= 2]
         self.last_checkpoint_step: int | None = None
         self.steps_run = 0
+        self.ceiling = math.inf  # set from this run's first logged loss (steps.loss_ceiling)
 
     # -- the loop --------------------------------------------------------------------------------
     def run(self) -> float:
@@ -181,7 +194,9 @@ class _Loop:
         run = self.run_
         o = run.config.optim
         values = run.strategy.reduce_losses(losses).tolist()  # the one host sync per log_every
-        check_finite_losses(values, first_step)
+        if self.ceiling == math.inf and values and math.isfinite(values[0]):
+            self.ceiling = loss_ceiling(values[0], run.data.num_classes)
+        check_finite_losses(values, first_step, self.ceiling)
         mean = sum(values) / len(values) if values else math.nan
         penalty = (
             float(run.strategy.global_penalty(l2_penalty(self.weights, o.l2))) if o.l2 else 0.0
@@ -263,6 +278,8 @@ class _Loop:
             self.last_checkpoint_step = run.step
         if not run.is_main:
             return
+        for cb in run.hooks:  # records up to this step first, then the state that ends it
+            cb.before_checkpoint(run)
         for cb in run.hooks:
             if cb.wants(run).checkpoints:
                 cb.on_checkpoint(run, state, periodic=periodic, best=best)
