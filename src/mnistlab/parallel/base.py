@@ -28,6 +28,8 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
+from mnistlab.errors import ParallelError
+
 if TYPE_CHECKING:
     from mnistlab.config import Config
 
@@ -218,3 +220,15 @@ class Strategy:
         """``exc`` restated in one line when it only says that another rank went away (one
         process has no other rank: never)."""
         return None
+
+
+def check_divisible(batch_size: int, parts: int, what: str, key: str) -> int:
+    """``batch_size // parts``, or a ``ParallelError`` that says how to make it divide."""
+    if parts < 1 or batch_size % parts:
+        fits = [n for n in range(1, min(batch_size, 64) + 1) if batch_size % n == 0]
+        raise ParallelError(
+            f"the batch of {batch_size} cannot be split into {parts} equal {what}: set {key} to a "
+            f"divisor of {batch_size} ({', '.join(map(str, fits[:12]))}, ...) or change "
+            "train.batch_size (equal parts keep every step equal to the one-process step)"
+        )
+    return batch_size // parts

@@ -19,20 +19,8 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from mnistlab.errors import ParallelError
-from mnistlab.parallel.base import LossFn, MakeOptimizer
+from mnistlab.parallel.base import LossFn, MakeOptimizer, check_divisible
 from mnistlab.parallel.dist import DistributedStrategy, decorrelate_dropout
-
-
-def check_divisible(batch_size: int, parts: int, what: str, key: str) -> int:
-    """``batch_size // parts``, or a ``ParallelError`` that says how to make it divide."""
-    if parts < 1 or batch_size % parts:
-        fits = [n for n in range(1, min(batch_size, 64) + 1) if batch_size % n == 0]
-        raise ParallelError(
-            f"the batch of {batch_size} cannot be split into {parts} equal {what}: set {key} to a "
-            f"divisor of {batch_size} ({', '.join(map(str, fits[:12]))}, ...) or change "
-            "train.batch_size (equal parts keep every step equal to the one-process step)"
-        )
-    return batch_size // parts
 
 
 class DataParallel(DistributedStrategy):

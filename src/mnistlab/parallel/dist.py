@@ -264,13 +264,31 @@ class Watchdog:
                 sys.stderr.flush()
                 error_file = os.environ.get("TORCHELASTIC_ERROR_FILE")
                 if error_file:
-                    from mnistlab.parallel.launch import write_error_file
-
                     write_error_file(error_file, message)
                 os._exit(HANG_EXIT_CODE)
 
 
 _WATCHDOG: Watchdog | None = None
+
+
+def write_error_file(path: str, message: str, *, knock_on: bool = False) -> None:
+    """torchelastic's error-file format, plus the time to the microsecond (its own is whole
+    seconds, too coarse to tell which of two workers failed first) and whether the failure only
+    followed a peer's (``knock_on``)."""
+    import json
+    import time
+    import traceback
+
+    now = time.time()
+    data = {
+        "message": {
+            "message": message,
+            "extraInfo": {"py_callstack": traceback.format_exc(), "timestamp": str(int(now))},
+        },
+        "mnistlab": {"message": message, "time": now, "knock_on": knock_on},
+    }
+    with contextlib.suppress(OSError), open(path, "w", encoding="utf-8") as handle:
+        handle.write(json.dumps(data))
 
 
 def watchdog(rank: int) -> Watchdog:

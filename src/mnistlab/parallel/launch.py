@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING
 
 from mnistlab.errors import ConfigError, ParallelError
 from mnistlab.parallel.device import gpu_shortfall
-from mnistlab.parallel.dist import HANG_EXIT_CODE, PeerLost, under_torchrun
+from mnistlab.parallel.dist import HANG_EXIT_CODE, PeerLost, under_torchrun, write_error_file
 from mnistlab.parallel.dist import KNOCK_ON as _KNOCK_ON
 
 if TYPE_CHECKING:
@@ -61,7 +61,7 @@ def check_group(config: Config, workers: int) -> list[str]:
     fewer than the workers and ``train.device`` is ``auto``). The strategies check the same things
     again in each worker, for runs started by ``torchrun`` itself.
     """
-    from mnistlab.parallel.data_parallel import check_divisible
+    from mnistlab.parallel.base import check_divisible
 
     p, t = config.parallel, config.train
     if workers < 1:
@@ -254,26 +254,6 @@ def record_failure(exc: BaseException) -> None:
     message = text if isinstance(exc, MnistlabError) else f"{type(exc).__name__}: {text}"
     first = message.splitlines()[0] if message else type(exc).__name__
     write_error_file(path, first, knock_on=isinstance(exc, PeerLost))
-
-
-def write_error_file(path: str, message: str, *, knock_on: bool = False) -> None:
-    """torchelastic's error-file format, plus the time to the microsecond (its own is whole
-    seconds, too coarse to tell which of two workers failed first) and whether the failure only
-    followed a peer's (``knock_on``)."""
-    import json
-    import time
-    import traceback
-
-    now = time.time()
-    data = {
-        "message": {
-            "message": message,
-            "extraInfo": {"py_callstack": traceback.format_exc(), "timestamp": str(int(now))},
-        },
-        "mnistlab": {"message": message, "time": now, "knock_on": knock_on},
-    }
-    with contextlib.suppress(OSError):
-        Path(path).write_text(json.dumps(data), encoding="utf-8")
 
 
 def root_cause(exc: BaseException, logs: Path) -> tuple[int, str]:

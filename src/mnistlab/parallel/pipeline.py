@@ -33,8 +33,7 @@ from torch.func import functional_call
 
 from mnistlab.errors import ParallelError
 from mnistlab.models import StagedModel
-from mnistlab.parallel.base import LossFn, MakeOptimizer
-from mnistlab.parallel.data_parallel import check_divisible
+from mnistlab.parallel.base import LossFn, MakeOptimizer, check_divisible
 from mnistlab.parallel.dist import DistributedStrategy
 
 
