@@ -255,3 +255,33 @@ def test_pil_images_of_any_mode(seven, mode):
     except ImageError:  # NoDigitError included: refused in one line is fine, a crash is not
         return
     assert digit.shape == (28, 28) and np.isfinite(digit).all()
+
+
+def test_the_fast_paper_passes_are_the_plain_ones_to_the_bit():
+    """The closing's windows by doubling and the line profiles over inked pixels only give what
+    the plain definitions give (a maximum over each window; every pixel of a line summed)."""
+    import math
+
+    from numpy.lib.stride_tricks import sliding_window_view
+
+    from mnistlab.data import paper
+
+    rng = np.random.default_rng(7)
+    image = rng.random((61, 47), dtype=np.float32)
+    for size in (3, 8, 29, 47):
+        for axis in (0, 1):
+            for fast, plain in ((np.maximum, np.max), (np.minimum, np.min)):
+                expected = plain(sliding_window_view(image, size, axis=axis), axis=2)
+                assert np.array_equal(paper._window(fast, image, size, axis), expected)
+    angles = np.array([-8.0, -2.5, 0.0, 0.3, 8.0])
+    for density in (1.0, 0.05):
+        ink = rng.random((40, 90), dtype=np.float32) * (rng.random((40, 90)) < density)
+        got = paper._profiles(ink, angles)
+        reach = int(math.ceil(90 * math.tan(math.radians(8.0)))) + 1
+        for i, angle in enumerate(angles):
+            shift = np.rint(np.arange(90, dtype=np.float32) * math.tan(math.radians(angle)))
+            line = np.arange(40)[:, None] - shift.astype(np.int64)[None, :] + reach
+            flat = line.ravel()
+            sums = np.bincount(flat, weights=ink.ravel(), minlength=got.shape[1])
+            counts = np.bincount(flat, minlength=got.shape[1])
+            assert np.array_equal(got[i], (sums / np.maximum(counts, 1)).astype(np.float32))
