@@ -9,13 +9,16 @@ What lands in the run folder (main rank only; docs/tracking.md):
 - ``weights/<name>`` and ``gradients/<name>`` histograms every ``tracking.histogram_every`` steps;
 - ``validation/misclassified``: a captioned grid of misclassified validation digits per evaluation;
 - the model graph once, and the resolved config with the final metrics in the hparams plugin;
-- ``metrics.jsonl``: one JSON object per logged step, line-buffered, so scripts need no TensorBoard
-  and a crash loses at most the line being written.
+- ``metrics.jsonl``: one JSON object per logged step (with the validation of that step merged
+  in), so scripts need no TensorBoard. A step's line is written at the loop's next boundary and
+  flushed; before each checkpoint every line so far is on disk (``before_checkpoint``), and a
+  resume drops the lines after the step it resumes from (``io/metrics_file.py``), so the file
+  always agrees with the checkpoints.
 
 Cost is kept off the hot loop: nothing here runs between log, evaluation and histogram steps
 except an integer comparison. Train-batch accuracy is the accuracy of the current weights on the
-batch just trained on (recovered from the batcher, so the loop needs no extra hook): one forward
-pass of ``batch_size`` images per log step. The misclassified grid comes from the first
+batch just trained on, which this callback asks of the loop (``wants().batch_accuracy``): one
+forward pass of ``batch_size`` images per log step. The misclassified grid comes from the first
 ``MISCLASSIFIED_POOL`` validation images, so it costs a tenth of an evaluation. The raw-weight
 validation the callback asks the loop for is the largest cost (~2-3% of training time at the
 defaults; the hooks themselves ~1.5%), as ``benchmarks/tracking.py`` measures.
