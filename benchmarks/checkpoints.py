@@ -33,7 +33,7 @@ from mnistlab.data import load_splits  # noqa: E402
 from mnistlab.io.callbacks import Callback, Wants  # noqa: E402
 from mnistlab.io.checkpoint import fileformat, load_checkpoint  # noqa: E402
 from mnistlab.io.checkpoint.trust import check_state  # noqa: E402
-from mnistlab.train import train  # noqa: E402
+from mnistlab.training import train  # noqa: E402
 
 PRESETS = ("seed-mlp", "lenet")
 

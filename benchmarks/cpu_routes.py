@@ -128,8 +128,8 @@ def step_routes(compile_modes: bool) -> dict[str, Call]:
     compiled by inductor (default and max-autotune)."""
     from mnistlab.config import resolve
     from mnistlab.data import load_splits
-    from mnistlab.train import build_run
-    from mnistlab.train.dense import FusedDenseEngine
+    from mnistlab.training import build_run
+    from mnistlab.training.dense import FusedDenseEngine
 
     data = load_splits("mnist-sample", None)
     routes: dict[str, Call] = {}

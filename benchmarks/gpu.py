@@ -6,7 +6,7 @@ FILE`` keeps them. ``--quick`` leaves out the slow engines and times the whole c
 
     python benchmarks/gpu.py --data-dir DIR [--json gpu.json] [--quick]
 
-Engines (``train/steps.py`` picks one): ``autograd`` (every mode), ``fused`` (hand-written
+Engines (``training/steps.py`` picks one): ``autograd`` (every mode), ``fused`` (hand-written
 gradient, eager), ``graphs`` (the default on CUDA: the fused step from device tables on flat
 parameter, gradient and shadow buffers, captured as CUDA graphs), ``compiled+graphs`` (the same,
 passed through ``torch.compile`` first; opt-in with ``train.compile=on``). LeNet and the
@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import default_data, machine  # noqa: E402
 from mnistlab.config import resolve  # noqa: E402
 from mnistlab.data import load_splits  # noqa: E402
-from mnistlab.train import train  # noqa: E402
+from mnistlab.training import train  # noqa: E402
 
 ENGINES = {
     "compiled+graphs": ["train.compile=on", "train.cuda_graphs=auto"],

@@ -46,8 +46,8 @@ else:
     import torch
     from mnistlab.config import resolve
     from mnistlab.data import load_splits
-    from mnistlab.train import build_run
-    from mnistlab.train.dense import FusedDenseEngine
+    from mnistlab.training import build_run
+    from mnistlab.training.dense import FusedDenseEngine
     settings = [f"train.route={{subject}}", "train.threads=1", "tracking.tensorboard=false"]
     run = build_run(resolve("seed-mlp", None, settings), load_splits({dataset!r}, {data_dir!r}))
     engine = FusedDenseEngine(run)

@@ -24,8 +24,8 @@ from mnistlab.config import resolve  # noqa: E402
 from mnistlab.data import load_splits  # noqa: E402
 from mnistlab.errors import TrainingError  # noqa: E402
 from mnistlab.io.callbacks import Callback, LogRecord, RunView  # noqa: E402
-from mnistlab.train import train  # noqa: E402
-from mnistlab.train.steps import DIVERGENCE_FACTOR  # noqa: E402
+from mnistlab.training import train  # noqa: E402
+from mnistlab.training.steps import DIVERGENCE_FACTOR  # noqa: E402
 
 RUNS = [
     "seed-softmax:1000",

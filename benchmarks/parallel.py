@@ -58,7 +58,7 @@ def worker(args: argparse.Namespace) -> None:
     from mnistlab.data import load_splits
     from mnistlab.io.callbacks import Callback, Wants
     from mnistlab.parallel import make_parallel_strategy
-    from mnistlab.train import train
+    from mnistlab.training import train
 
     class Window(Callback):
         """Profiles steps [n, 2n) of the main rank's loop, n a quarter of the steps this process

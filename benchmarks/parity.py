@@ -35,7 +35,7 @@ def _mnistlab_side(preset: str, args: argparse.Namespace, snapshot_steps: list[i
     from mnistlab.config import resolve
     from mnistlab.data import load_splits
     from mnistlab.io.callbacks import Callback
-    from mnistlab.train import l2_penalty, train
+    from mnistlab.training import l2_penalty, train
 
     steps = args.parity_steps
     config = resolve(

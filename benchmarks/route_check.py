@@ -28,7 +28,7 @@ from mnistlab.config import resolve  # noqa: E402
 from mnistlab.data import Splits, load_splits  # noqa: E402
 from mnistlab.data.splits import Split  # noqa: E402
 from mnistlab.io.callbacks import Callback  # noqa: E402
-from mnistlab.train import build_run, train  # noqa: E402
+from mnistlab.training import build_run, train  # noqa: E402
 
 GROWTH = (1, 10, 50, 100, 200, 500, 1000, 2000, 5000, 10000, 30000)
 

@@ -12,7 +12,7 @@ Floors (``hardware.py``), each a lower bound of a different kind:
   on buffers of that size.
 
 Then, interleaved round by round in one process (so a drift in the machine's speed hits all
-alike): the ``seed-mlp`` preset for ``--steps`` steps through ``mnistlab.train.train`` by each
+alike): the ``seed-mlp`` preset for ``--steps`` steps through ``mnistlab.training.train`` by each
 route of its fused step (``train.route``: exact, mkl, onednn; validation every 500 steps
 included), through autograd (``train.fused=false``), and the loop a PyTorch user writes by hand.
 With ``--jax PYTHON`` (an interpreter that has jax and optax), the JAX port's warm step runs in
@@ -43,7 +43,7 @@ from hardware import STEP_FLOP, peak, streaming_bandwidth, update_floor  # noqa:
 from mnistlab.config import resolve  # noqa: E402
 from mnistlab.data import Batcher, load_splits  # noqa: E402
 from mnistlab.models import build_model  # noqa: E402
-from mnistlab.train import train  # noqa: E402
+from mnistlab.training import train  # noqa: E402
 
 ROUTES = ("exact", "mkl", "onednn")
 N, D, H, C = 100, 784, 500, 10

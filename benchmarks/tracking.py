@@ -1,7 +1,7 @@
 """Cost of tracking: steps/s of seed-mlp with and without TensorBoard events and metrics.jsonl.
 
 Runs the ``seed-mlp`` preset for N steps at the default intervals (log every 100 steps,
-validation every 500, histograms every 1,000) through ``mnistlab.train.train``, once with no
+validation every 500, histograms every 1,000) through ``mnistlab.training.train``, once with no
 callbacks and once with ``TrackingCallback`` writing into a temporary run folder, interleaved so
 drift in the machine's speed hits both. "With tracking" includes everything the callback adds:
 the raw-weight validation it asks the loop for, train-batch accuracy, the misclassified grid,
@@ -36,7 +36,7 @@ from mnistlab.data import load_splits  # noqa: E402
 from mnistlab.io.callbacks import Callback  # noqa: E402
 from mnistlab.io.tracking import TrackingCallback  # noqa: E402
 from mnistlab.parallel import Strategy  # noqa: E402
-from mnistlab.train import train  # noqa: E402
+from mnistlab.training import train  # noqa: E402
 
 
 class Timed(Callback):

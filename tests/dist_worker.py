@@ -26,7 +26,7 @@ from mnistlab.errors import MnistlabError
 from mnistlab.io.callbacks import Callback, Wants
 from mnistlab.parallel import make_parallel_strategy
 from mnistlab.parallel.dist import init_group
-from mnistlab.train import train
+from mnistlab.training import train
 
 
 class Capture(Callback):

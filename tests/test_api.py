@@ -237,13 +237,29 @@ def test_bad_inputs_and_settings_are_clear_errors(trained, tmp_path):
         mnistlab.train("seed-mlp", mode="data")
 
 
-def test_train_is_still_the_subpackage_too():
-    import mnistlab.train.loop
-    from mnistlab.train import train as loop_train
+def test_train_is_the_api_function_with_its_parameters_and_docs():
+    """``mnistlab.train`` is ``mnistlab.api.train`` itself: ``inspect.signature`` names its
+    parameters and ``help()`` shows its docstring (a callable module showed ``(*args, **kwargs)``
+    and the training subpackage's docs); the training loop lives in ``mnistlab.training``."""
+    import inspect
+    import pydoc
 
-    assert callable(mnistlab.train)
-    assert mnistlab.train.loop.train is loop_train
-    assert mnistlab.train.train is loop_train
+    import mnistlab.api
+    import mnistlab.training.loop
+    from mnistlab.training import train as loop_train
+
+    assert mnistlab.train is mnistlab.api.train
+    assert inspect.isfunction(mnistlab.train)
+    params = inspect.signature(mnistlab.train).parameters
+    assert list(params)[0] == "preset" and params["preset"].default == "seed-mlp"
+    assert {"steps", "dataset", "run_dir", "resume", "quiet", "callbacks"} <= set(params)
+    assert "steps" in pydoc.render_doc(mnistlab.train)
+    assert mnistlab.training.loop.train is loop_train
+    for name in ("evaluate", "load", "Model"):
+        assert getattr(mnistlab, name) is getattr(mnistlab.api, name)
+    assert "train" in dir(mnistlab)
+    with pytest.raises(AttributeError):
+        mnistlab.no_such_thing  # noqa: B018
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")

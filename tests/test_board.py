@@ -15,7 +15,7 @@ from mnistlab.apps.board_cmd import free_port, start_board
 from mnistlab.apps.cli import main
 from mnistlab.io.plots import read_metrics
 from mnistlab.io.tracking import TrackingCallback
-from mnistlab.train import train
+from mnistlab.training import train
 
 from .conftest import small_config
 

@@ -30,7 +30,7 @@ from mnistlab.io.checkpoint import (
     step_checkpoints,
 )
 from mnistlab.io.checkpoint import fileformat as ck
-from mnistlab.train import build_run, train
+from mnistlab.training import build_run, train
 
 from .conftest import small_config
 

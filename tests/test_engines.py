@@ -8,13 +8,13 @@ import pytest
 import torch
 
 from mnistlab.io.checkpoint import CheckpointCallback, load_checkpoint
-from mnistlab.train import build_run
-from mnistlab.train.captured import TabledAutogradEngine, captured_reason
-from mnistlab.train.dense import FusedDenseEngine, fused_reason
-from mnistlab.train.dense_tables import TabledDenseEngine
-from mnistlab.train.engine import AutogradEngine
-from mnistlab.train.loop import _Loop
-from mnistlab.train.steps import select_engine
+from mnistlab.training import build_run
+from mnistlab.training.captured import TabledAutogradEngine, captured_reason
+from mnistlab.training.dense import FusedDenseEngine, fused_reason
+from mnistlab.training.dense_tables import TabledDenseEngine
+from mnistlab.training.engine import AutogradEngine
+from mnistlab.training.loop import _Loop
+from mnistlab.training.steps import select_engine
 
 from .conftest import small_config
 from .dist_worker import as_dtype

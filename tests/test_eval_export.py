@@ -12,7 +12,7 @@ from mnistlab.apps.cli import main
 from mnistlab.config import from_dict
 from mnistlab.io.checkpoint import CheckpointCallback, load_model
 from mnistlab.models import build_model
-from mnistlab.train import train
+from mnistlab.training import train
 
 from .conftest import small_config
 

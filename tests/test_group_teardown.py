@@ -47,7 +47,7 @@ def test_close_frees_the_group_and_its_threads(monkeypatch, sample_splits, mode,
     import torch.distributed as dist
 
     from mnistlab.parallel import make_parallel_strategy
-    from mnistlab.train import train
+    from mnistlab.training import train
 
     env = {"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "LOCAL_WORLD_SIZE": "1"}
     env |= {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port())}

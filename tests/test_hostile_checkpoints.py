@@ -182,7 +182,7 @@ def test_state_text_no_writer_makes(text, tmp_path):
 
 
 def test_batch_norm_statistics_are_checked(sample_splits, tmp_path):
-    from mnistlab.train import build_run
+    from mnistlab.training import build_run
 
     config = small_config("speedrun", "model.hidden=2,2", "optim.warmup_steps=1", "train.steps=3")
     good = build_run(config, sample_splits).state_dict()

@@ -8,8 +8,8 @@ import json
 from mnistlab.config import set_value
 from mnistlab.io.checkpoint import CheckpointCallback, load_checkpoint
 from mnistlab.io.tracking import TrackingCallback
-from mnistlab.train import due, train
-from mnistlab.train.loop import _next_boundary
+from mnistlab.training import due, train
+from mnistlab.training.loop import _next_boundary
 
 from .conftest import small_config
 

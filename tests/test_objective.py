@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from mnistlab.config import OptimConfig
-from mnistlab.train import (
+from mnistlab.training import (
     EMA,
     add_l2_gradient,
     cross_entropy,

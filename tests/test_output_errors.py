@@ -14,7 +14,7 @@ from mnistlab.apps.cli import main
 from mnistlab.atomic import atomic_write, check_writable
 from mnistlab.errors import CheckpointError, DataError, TrackingError
 from mnistlab.io.checkpoint import CheckpointCallback
-from mnistlab.train import train
+from mnistlab.training import train
 
 from .conftest import small_config
 

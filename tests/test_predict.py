@@ -26,7 +26,7 @@ from mnistlab.config import resolve
 from mnistlab.data.images import image_to_digit, preprocess
 from mnistlab.errors import DataError
 from mnistlab.io.checkpoint import CheckpointCallback, load_model
-from mnistlab.train import train
+from mnistlab.training import train
 
 KINDS = (
     "png-dark-on-light",

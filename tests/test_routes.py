@@ -1,4 +1,4 @@
-"""The fused dense step's routes (``train/routes.py``): ``mkl`` and ``onednn`` train what
+"""The fused dense step's routes (``training/routes.py``): ``mkl`` and ``onednn`` train what
 ``exact`` trains, to float32's rounding; their folded update is the same mathematics (checked in
 float64); each resumes bit-equal to an uninterrupted run by its own route; ``auto`` follows a
 fixed rule per CPU and a resume keeps the route its checkpoint recorded."""
@@ -14,9 +14,9 @@ import torch
 from mnistlab.config import resolve
 from mnistlab.errors import CheckpointError, ConfigError
 from mnistlab.io.checkpoint import load_checkpoint
-from mnistlab.train import build_run, routes
-from mnistlab.train.dense import FusedDenseEngine
-from mnistlab.train.loop import _Loop
+from mnistlab.training import build_run, routes
+from mnistlab.training.dense import FusedDenseEngine
+from mnistlab.training.loop import _Loop
 
 from .conftest import small_config
 from .dist_worker import as_dtype
@@ -169,7 +169,7 @@ def test_weight_decay_keeps_float32s_accuracy_over_many_steps(sample_splits, rou
     1e-5, so each step decays by up to 0.3% too much or too little, always the same way."""
     from dataclasses import replace
 
-    from mnistlab.train.objective import learning_rate
+    from mnistlab.training.objective import learning_rate
 
     black = replace(sample_splits.train, images=torch.zeros_like(sample_splits.train.images))
     data = replace(sample_splits, train=black)

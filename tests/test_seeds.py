@@ -198,17 +198,17 @@ def test_ctrl_c_keeps_and_reports_the_finished_seeds(tmp_path, sig, code):
 
 def test_a_seed_that_fails_is_one_error_after_the_finished_seeds(tmp_path, capsys, monkeypatch):
     """Seed 2 diverging: seed 1 is still reported (table, JSON, seeds.json), then the error."""
-    import mnistlab.train
+    import mnistlab.training
     from mnistlab.errors import TrainingError
 
-    real = mnistlab.train.train
+    real = mnistlab.training.train
 
     def second_diverges(config, *a, **k):
         if config.train.seed == 2:
             raise TrainingError("diverged: the loss became nan at step 7")
         return real(config, *a, **k)
 
-    monkeypatch.setattr(mnistlab.train, "train", second_diverges)
+    monkeypatch.setattr(mnistlab.training, "train", second_diverges)
     parent = tmp_path / "p"
     code = main(["train", *TINY, "--seeds", "1-3", "--run-dir", str(parent), "--json"])
     out, err = capsys.readouterr()

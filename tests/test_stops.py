@@ -43,7 +43,7 @@ def hangup_guard():
 
 def test_sighup_stops_at_a_boundary_and_saves(tmp_path, sample_splits, hangup_guard):
     from mnistlab.io.checkpoint import CheckpointCallback
-    from mnistlab.train import TrainingInterrupted, train
+    from mnistlab.training import TrainingInterrupted, train
 
     from .conftest import small_config
 
@@ -97,7 +97,7 @@ def test_a_finite_but_absurd_loss_stops_like_a_nan(tmp_path, sample_splits):
     """speedrun at optim.lr=1000 reached a loss of 1e23 and a guess's accuracy with no NaN."""
     from mnistlab.errors import TrainingError
     from mnistlab.io.checkpoint import CheckpointCallback
-    from mnistlab.train import train
+    from mnistlab.training import train
 
     from .conftest import small_config
 
@@ -122,7 +122,7 @@ def test_a_finite_but_absurd_loss_stops_like_a_nan(tmp_path, sample_splits):
 
 
 def test_the_ceiling_leaves_a_resumed_run_room():
-    from mnistlab.train.steps import check_finite_losses, loss_ceiling
+    from mnistlab.training.steps import check_finite_losses, loss_ceiling
 
     assert loss_ceiling(2.4, 10) == pytest.approx(240.0)
     resumed = loss_ceiling(0.03, 10)  # a resumed run starts low: held to log(10), not 0.03

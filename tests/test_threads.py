@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from mnistlab.config import resolve
-from mnistlab.train.state import auto_threads, build_run, busy_cores, cpu_threads
+from mnistlab.training.state import auto_threads, build_run, busy_cores, cpu_threads
 
 
 @pytest.mark.slow

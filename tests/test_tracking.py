@@ -22,7 +22,7 @@ from mnistlab.io.digits import misclassified_grid
 from mnistlab.io.plots import read_metrics
 from mnistlab.io.tracking import TrackingCallback, _graph_profile, _tensorboard_without_tensorflow
 from mnistlab.models import build_model
-from mnistlab.train import train
+from mnistlab.training import train
 
 from .conftest import small_config
 
@@ -139,7 +139,7 @@ def test_writing_the_graph_imports_no_distributed_tensors(tmp_path):
         import sys
         from mnistlab.data import load_splits
         from mnistlab.io.tracking import TrackingCallback
-        from mnistlab.train import train
+        from mnistlab.training import train
         from tests.conftest import small_config
         config = small_config("seed-mlp", "train.steps=4", "train.log_every=2")
         train(config, load_splits("mnist-sample"), callbacks=[TrackingCallback({str(tmp_path)!r})])

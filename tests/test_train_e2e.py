@@ -14,7 +14,7 @@ import torch
 from mnistlab.apps.cli import main
 from mnistlab.config import resolve
 from mnistlab.errors import TrainingError
-from mnistlab.train import train
+from mnistlab.training import train
 
 from .conftest import small_config
 

@@ -105,7 +105,7 @@ def evaluate(
     from mnistlab.config import set_value
     from mnistlab.session import load_data
     from mnistlab.session.data import dataset_mismatch
-    from mnistlab.train.metrics import summarize
+    from mnistlab.training.metrics import summarize
 
     if split not in SPLITS:
         raise ConfigError(f"unknown split {split!r}: choose {', '.join(SPLITS)}")

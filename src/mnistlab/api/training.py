@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
     from mnistlab.config import Config
-    from mnistlab.train import TrainResult
+    from mnistlab.training import TrainResult
 
 log = logging.getLogger("mnistlab")
 
@@ -270,7 +270,7 @@ def _check_callbacks(callbacks: Any) -> list[Callback]:
         if not isinstance(cb, Callback):
             raise ConfigError(
                 f"callbacks= holds {cb!r}, which is not an mnistlab Callback (subclass "
-                "mnistlab.train.Callback and override its hooks)"
+                "mnistlab.training.Callback and override its hooks)"
             )
     return list(callbacks)
 
@@ -308,7 +308,7 @@ def train(
         resume: a run folder or checkpoint to go on from exactly (its settings win; ``steps``
             may extend it); the run goes on in its own folder unless ``run_dir`` says otherwise.
         quiet: ``False`` prints the progress bar and the evaluation lines.
-        callbacks: your own ``mnistlab.train.Callback`` objects.
+        callbacks: your own ``mnistlab.training.Callback`` objects.
 
     The data goes to ``device`` (default auto: CUDA when there is one). Without full MNIST on the
     machine (and ``dataset`` unset) the run uses the bundled sample, logged as a warning.

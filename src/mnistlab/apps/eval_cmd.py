@@ -96,7 +96,7 @@ def run_eval(args: argparse.Namespace) -> int:
     from mnistlab.io.checkpoint import averaged, load_model, num_classes
     from mnistlab.session import load_data
     from mnistlab.session.data import dataset_mismatch
-    from mnistlab.train.metrics import summarize
+    from mnistlab.training.metrics import summarize
 
     model, ckpt = load_model(args.checkpoint, use_ema=not args.raw_weights)
     config = set_value(ckpt.config, "train.device", "cpu")

@@ -213,7 +213,7 @@ def run_seeds(args: argparse.Namespace, config: Config) -> int:
     """Train ``config`` once per seed of ``args.seeds``; print the table (and JSON)."""
     from mnistlab.apps.flags import tensorboard_events
     from mnistlab.session import RunRequest, folder, load_data, run_training
-    from mnistlab.train import TrainingInterrupted
+    from mnistlab.training import TrainingInterrupted
 
     seeds = parse_seeds(args.seeds)
     _refuse(args, config)

@@ -98,7 +98,7 @@ class TrainConfig:
     """On CUDA, let float32 matrix products and convolutions use TF32 (faster on Ampere and
     later, about 3 fewer significant digits). Off: exact float32, whatever torch's defaults."""
     route: str = "exact"
-    """How the fused dense step runs on the CPU (``train/routes.py``): ``exact`` (the default:
+    """How the fused dense step runs on the CPU (``training/routes.py``): ``exact`` (the default:
     autograd's kernels, bit-equal to autograd), ``mkl`` (SGD folded into the weight-gradient
     product, no gradient buffer), ``onednn`` (as mkl, the forward products in oneDNN with bias and
     ReLU fused); ``auto`` picks per CPU at run start, and a resume keeps the route its checkpoint

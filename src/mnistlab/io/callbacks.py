@@ -1,6 +1,6 @@
 """The hooks the training loop calls, and what it hands them.
 
-Defined here, below ``train``, so that checkpointing, tracking and console output (all in ``io``)
+Defined here, below ``training``, so that checkpointing, tracking and console output (all in ``io``)
 can implement them without importing the loop.
 
 The contract (docs/architecture.md, "How the loop, engines and callbacks meet"): the loop performs
@@ -123,7 +123,7 @@ class EvalRecord:
 
 
 class RunView(Protocol):
-    """What a callback may read of the loop's run (``mnistlab.train.Run`` satisfies it)."""
+    """What a callback may read of the loop's run (``mnistlab.training.Run`` satisfies it)."""
 
     config: Config
     data: Splits
@@ -146,7 +146,7 @@ class RunView(Protocol):
 
 
 class ResultView(Protocol):
-    """The final figures (``mnistlab.train.TrainResult``)."""
+    """The final figures (``mnistlab.training.TrainResult``)."""
 
     steps: int
 

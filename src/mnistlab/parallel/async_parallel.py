@@ -12,7 +12,7 @@ optimizer step writes into them directly, lock-free (Hogwild, Niu et al. 2011)::
 Single machine only, and not bit-reproducible: the interleaving of reads and writes changes from
 run to run. What each worker does, exactly:
 
-- it runs the one training loop (``mnistlab.train.loop``) unchanged, for its share of the updates:
+- it runs the one training loop (``mnistlab.training.loop``) unchanged, for its share of the updates:
   ``train.steps`` counts updates of all workers together, so each does ``ceil(steps / N)``
   updates of a whole batch (``train.batch_size`` rows, as TensorFlow's async workers did); the
   learning rate decays per *total* update (``decay_steps / N`` of a worker's steps), and

@@ -1,6 +1,6 @@
 """The strategy contract, and the plainest strategy: one process.
 
-The training loop is written once (``mnistlab.train.loop``); a parallel mode is a strategy object
+The training loop is written once (``mnistlab.training.loop``); a parallel mode is a strategy object
 the loop is handed. The loop asks the strategy to
 
 - ``prepare(model, make_optimizer)``: place the model (split it, wrap it) and build the optimizer
@@ -54,7 +54,7 @@ class Strategy:
     def optimizer(self) -> torch.optim.Optimizer | None:
         """Built on first use: constructing a ``torch.optim`` optimizer imports torch's compiler
         stack (about 2 s on a small CPU), which a run whose engine updates the weights itself
-        (``train/dense.py``) and has no optimizer state never needs."""
+        (``training/dense.py``) and has no optimizer state never needs."""
         if self._optimizer is None and self._make_optimizer is not None:
             self._optimizer, self._make_optimizer = self._make_optimizer(), None
         return self._optimizer

@@ -1,6 +1,6 @@
 """Assembling a run, once for every front door: the command line, ``--seeds`` and the Python API.
 
-Below ``apps`` and ``api``, above ``train``, ``io`` and ``data``:
+Below ``apps`` and ``api``, above ``training``, ``io`` and ``data``:
 
 - ``session.folder``: run folders, claimed and locked (one run per folder, one training at a time);
 - ``session.data``: the data a run trains on, with the bundled sample as MNIST's fall-back;

@@ -35,7 +35,7 @@ if TYPE_CHECKING:
     from mnistlab.data import Splits
     from mnistlab.io.callbacks import Callback
     from mnistlab.parallel import Strategy
-    from mnistlab.train import TrainResult
+    from mnistlab.training import TrainResult
 
 
 def write_settings(run_dir: Path, config: Config) -> None:
@@ -101,7 +101,7 @@ def run_training(
     request: RunRequest, *, data: Splits | None = None, strategy: Strategy | None = None
 ) -> Finished:
     """Claim, load, save the settings, train (``strategy``: ``None`` for one process)."""
-    from mnistlab.train import TrainingInterrupted, train
+    from mnistlab.training import TrainingInterrupted, train
 
     config, run_dir, resumed = request.config, request.run_dir, request.resumed
     is_main = strategy is None or strategy.is_main

@@ -1,10 +1,10 @@
 """Training: the objective's pieces, the moving average, metrics and the one training loop."""
 
 from mnistlab.io.callbacks import Callback
-from mnistlab.train.ema import EMA, ema_decay_at
-from mnistlab.train.loop import TrainingInterrupted, due, train
-from mnistlab.train.metrics import EvalResult, confusion_matrix, summarize
-from mnistlab.train.objective import (
+from mnistlab.training.ema import EMA, ema_decay_at
+from mnistlab.training.loop import TrainingInterrupted, due, train
+from mnistlab.training.metrics import EvalResult, confusion_matrix, summarize
+from mnistlab.training.objective import (
     add_l2_gradient,
     cross_entropy,
     exponential_decay,
@@ -12,7 +12,7 @@ from mnistlab.train.objective import (
     learning_rate,
     naive_cross_entropy,
 )
-from mnistlab.train.state import Run, TrainResult, build_run, decay_steps_for, resolve_device
+from mnistlab.training.state import Run, TrainResult, build_run, decay_steps_for, resolve_device
 
 __all__ = [
     "EMA",

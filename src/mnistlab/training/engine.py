@@ -1,9 +1,9 @@
 """The engine contract, the plain autograd engine, and what the faster engines share.
 
-An engine runs the steps of one stretch, between two boundaries of the loop (``train/loop.py``);
-``train/steps.py`` picks which. Here: the contract (``Engine``); ``AutogradEngine``, which serves
-every model, optimizer and parallel mode; and the pieces the faster engines (``train/dense.py``,
-``train/captured.py``) share — the stretch's batch order on the device, the device tables a
+An engine runs the steps of one stretch, between two boundaries of the loop (``training/loop.py``);
+``training/steps.py`` picks which. Here: the contract (``Engine``); ``AutogradEngine``, which serves
+every model, optimizer and parallel mode; and the pieces the faster engines (``training/dense.py``,
+``training/captured.py``) share — the stretch's batch order on the device, the device tables a
 captured step reads (``StepTables``), the side stream a capture warms up on, and the one line a
 run prints when an optimisation falls back.
 """
@@ -17,11 +17,11 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from mnistlab.train.ema import ema_decay_at
-from mnistlab.train.objective import add_l2_gradient, learning_rate, loss_function
+from mnistlab.training.ema import ema_decay_at
+from mnistlab.training.objective import add_l2_gradient, learning_rate, loss_function
 
 if TYPE_CHECKING:
-    from mnistlab.train.state import Run
+    from mnistlab.training.state import Run
 
 
 class Engine:

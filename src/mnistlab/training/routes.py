@@ -1,6 +1,6 @@
 """Which route the fused dense step takes on this machine (``train.route``).
 
-The fused dense step (``train/dense.py``) computes the same training three ways:
+The fused dense step (``training/dense.py``) computes the same training three ways:
 
 - ``exact``: the kernels autograd itself calls, three passes over the weights after the
   products (L2 into the gradient, SGD, the moving average): bit-equal to autograd on the CPU;
@@ -31,7 +31,7 @@ from mnistlab.config.schema import DENSE_ROUTES
 from mnistlab.errors import ConfigError
 
 if TYPE_CHECKING:
-    from mnistlab.train.state import Run
+    from mnistlab.training.state import Run
 
 
 @functools.cache

@@ -22,9 +22,9 @@ from mnistlab.io.checkpoint.trust import num_classes
 from mnistlab.models import build_model
 from mnistlab.parallel import Strategy
 from mnistlab.parallel.device import resolve_device, set_tf32
-from mnistlab.train.ema import EMA
-from mnistlab.train.metrics import EvalResult, summarize
-from mnistlab.train.optim import build_optimizer
+from mnistlab.training.ema import EMA
+from mnistlab.training.metrics import EvalResult, summarize
+from mnistlab.training.optim import build_optimizer
 
 
 @dataclass
@@ -89,7 +89,7 @@ class Run:
     stop_requested: bool = False
     stop_signal: int | None = None
     dense_route: str | None = None
-    """The fused dense step's route (``train/routes.py``), kept in checkpoints for the resume."""
+    """The fused dense step's route (``training/routes.py``), kept in checkpoints for the resume."""
 
     @property
     def is_main(self) -> bool:

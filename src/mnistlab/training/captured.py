@@ -13,11 +13,11 @@ from typing import TYPE_CHECKING
 import torch
 
 from mnistlab.parallel import Strategy
-from mnistlab.train.engine import Engine, StepTables, grad_of, say_fallback, side_stream
-from mnistlab.train.objective import add_l2_gradient, loss_function
+from mnistlab.training.engine import Engine, StepTables, grad_of, say_fallback, side_stream
+from mnistlab.training.objective import add_l2_gradient, loss_function
 
 if TYPE_CHECKING:
-    from mnistlab.train.state import Run
+    from mnistlab.training.state import Run
 
 
 class TabledAutogradEngine(Engine):

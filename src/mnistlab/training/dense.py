@@ -4,10 +4,10 @@ The gradient is written out by hand, with the kernels autograd itself would call
 graph is built and no buffer is allocated per step:
 
 - ``FusedDenseEngine`` (the CPU default): eager, into buffers made once, by the run's route
-  (``train/routes.py``): ``exact``, the kernels autograd calls, bit-equal to autograd on the
+  (``training/routes.py``): ``exact``, the kernels autograd calls, bit-equal to autograd on the
   CPU; ``mkl`` and ``onednn``, SGD folded into the weight-gradient product (and for
   ``onednn`` the forward products in oneDNN, bias and ReLU in their epilogue).
-- ``TabledDenseEngine`` (``train/dense_tables.py``, the CUDA default): the same step as a pure
+- ``TabledDenseEngine`` (``training/dense_tables.py``, the CUDA default): the same step as a pure
   function over device tables, captured as CUDA graphs.
 """
 
@@ -19,11 +19,11 @@ import torch
 from torch import nn
 
 from mnistlab.parallel import Strategy
-from mnistlab.train.engine import Engine, grad_of, stretch_order
-from mnistlab.train.routes import choose_route
+from mnistlab.training.engine import Engine, grad_of, stretch_order
+from mnistlab.training.routes import choose_route
 
 if TYPE_CHECKING:
-    from mnistlab.train.state import Run
+    from mnistlab.training.state import Run
 
 
 def dense_layers(model: nn.Module) -> list[nn.Linear] | None:

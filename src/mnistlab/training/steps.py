@@ -1,23 +1,23 @@
 """Which engine runs a run's steps, and the check of the losses it reports.
 
-The loop (``train/loop.py``) cuts training into stretches between boundaries (logging,
+The loop (``training/loop.py``) cuts training into stretches between boundaries (logging,
 evaluation, checkpoints) and hands each stretch to an engine. Every engine computes the same
 mathematics — TF's batch order, ``lr · decay^(step/decay_steps)``, cross-entropy plus
 ``l2 · ΣW²/2`` on weights, the optimizer step, the moving average — and leaves the same state
 behind, so checkpoints, resume and callbacks never care which one ran:
 
-- ``AutogradEngine`` (``train/engine.py``): autograd through the strategy's
+- ``AutogradEngine`` (``training/engine.py``): autograd through the strategy's
   ``forward_backward``; serves every model, optimizer and parallel mode.
-- ``FusedDenseEngine`` (``train/dense.py``): softmax regression and the MLP with plain SGD in one
+- ``FusedDenseEngine`` (``training/dense.py``): softmax regression and the MLP with plain SGD in one
   process. The gradient is written out by hand, calling the very kernels autograd would call (so
   the result is bit-equal on CPU), into buffers allocated once: no graph to build, no fresh
   1.5 MB gradient on every step, no per-step host work beyond a few kernel calls.
-- ``TabledDenseEngine`` (``train/dense_tables.py``; CUDA by default): the same step as one pure function
+- ``TabledDenseEngine`` (``training/dense_tables.py``; CUDA by default): the same step as one pure function
   that reads the learning rate, the EMA weight and the batch indices from device tables,
   captured as a CUDA graph of ``log_every`` steps that is replayed: one launch per stretch,
   nothing for the host to do between boundaries; ``train.compile=on`` passes it through
   ``torch.compile`` first.
-- ``TabledAutogradEngine`` (``train/captured.py``; CUDA by default for every other one-process
+- ``TabledAutogradEngine`` (``training/captured.py``; CUDA by default for every other one-process
   run with SGD, momentum or Nesterov): the autograd step reading the same tables, captured as a
   CUDA graph of one step and replayed for each.
 
@@ -32,13 +32,13 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from mnistlab.errors import TrainingError
-from mnistlab.train.captured import TabledAutogradEngine, captured_reason
-from mnistlab.train.dense import FusedDenseEngine, fused_reason
-from mnistlab.train.dense_tables import TabledDenseEngine
-from mnistlab.train.engine import AutogradEngine, Engine
+from mnistlab.training.captured import TabledAutogradEngine, captured_reason
+from mnistlab.training.dense import FusedDenseEngine, fused_reason
+from mnistlab.training.dense_tables import TabledDenseEngine
+from mnistlab.training.engine import AutogradEngine, Engine
 
 if TYPE_CHECKING:
-    from mnistlab.train.state import Run
+    from mnistlab.training.state import Run
 
 
 def select_engine(run: Run) -> tuple[Engine, str | None]:

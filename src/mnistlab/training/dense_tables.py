@@ -4,7 +4,7 @@
 flat buffers of the parameters, gradients and shadows, so no host value changes between steps;
 ``TabledDenseEngine`` captures it as a CUDA graph of ``log_every`` steps and replays it, and
 passes it through ``torch.compile`` first when ``train.compile=on``. Its mathematics is the
-fused step's (``train/dense.py``) with L2 in the weight-gradient product.
+fused step's (``training/dense.py``) with L2 in the weight-gradient product.
 """
 
 from __future__ import annotations
@@ -14,11 +14,11 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from mnistlab.train.dense import _IGNORE, _MEAN, FusedDenseEngine
-from mnistlab.train.engine import StepTables, grad_of, say_fallback, side_stream
+from mnistlab.training.dense import _IGNORE, _MEAN, FusedDenseEngine
+from mnistlab.training.engine import StepTables, grad_of, say_fallback, side_stream
 
 if TYPE_CHECKING:
-    from mnistlab.train.state import Run
+    from mnistlab.training.state import Run
 
 
 def dense_step(

@@ -2,7 +2,7 @@
 
 Training is cut into stretches between *boundaries*: every ``train.log_every`` steps (the losses
 are checked and reported, and the stop flag is agreed on), every ``train.eval_every`` steps
-(validation), every checkpoint, the last step. An engine (picked in ``train/steps.py``) runs
+(validation), every checkpoint, the last step. An engine (picked in ``training/steps.py``) runs
 each stretch without the host waiting on the device; at a boundary the loop does every
 collective operation itself, on every rank in the same order — evaluations, the predictions
 callbacks asked for, the new-best decision, the stop flag, the consolidated state for a
@@ -34,11 +34,11 @@ from mnistlab.io.callbacks import (
     Wants,
 )
 from mnistlab.parallel import Strategy
-from mnistlab.train.engine import Engine
-from mnistlab.train.metrics import summarize
-from mnistlab.train.objective import l2_penalty
-from mnistlab.train.state import Run, TrainResult, build_run
-from mnistlab.train.steps import check_finite_losses, loss_ceiling, select_engine
+from mnistlab.training.engine import Engine
+from mnistlab.training.metrics import summarize
+from mnistlab.training.objective import l2_penalty
+from mnistlab.training.state import Run, TrainResult, build_run
+from mnistlab.training.steps import check_finite_losses, loss_ceiling, select_engine
 
 
 class TrainingInterrupted(TrainingError):
