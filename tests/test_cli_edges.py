@@ -86,3 +86,19 @@ def test_data_info_under_an_ascii_locale():
     )
     assert done.returncode == 0, done.stderr.decode(errors="replace")
     assert b"CC BY-SA 3.0 -- Yann LeCun" in done.stdout
+
+
+def test_a_ctrl_c_that_a_library_swallows_still_stops_the_start():
+    """The guard around the slow imports: a KeyboardInterrupt that some code caught and dropped
+    is raised again when the block ends, so the command stops (exit 130) instead of running on."""
+    from mnistlab.apps.cli import _ctrl_c_noted
+
+    with pytest.raises(KeyboardInterrupt), _ctrl_c_noted():
+        try:
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(1)  # the handler runs here and raises
+        except KeyboardInterrupt:
+            pass  # what a careless library does
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # put back
+    with _ctrl_c_noted():
+        pass  # no Ctrl-C: nothing raised

@@ -20,7 +20,14 @@ def test_presets_follow_the_classic_programs():
     assert soft.model.name == "softmax" and soft.optim.lr == 0.5 and soft.train.steps == 1000
     assert soft.optim.ema_decay == 0 and soft.optim.l2 == 0
     assert preset_config("lenet").model.name == "lenet"
-    assert set(PRESETS) == {"seed-softmax", "seed-mlp", "seed-mlp-book", "lenet", "speedrun"}
+    assert set(PRESETS) == {
+        "seed-softmax",
+        "seed-mlp",
+        "seed-mlp-book",
+        "lenet",
+        "speedrun",
+        "speedrun-8s",
+    }
 
 
 def test_overrides_are_typed():

@@ -14,6 +14,7 @@ import io
 import os
 import signal
 import sys
+from collections.abc import Iterator
 
 from mnistlab import __version__
 from mnistlab.errors import MnistlabError
@@ -98,16 +99,41 @@ def interrupted() -> int:
     return 130
 
 
+@contextlib.contextmanager
+def _ctrl_c_noted() -> Iterator[None]:
+    """Ctrl-C while the block runs always ends it with ``KeyboardInterrupt``, even where a
+    library's code happened to swallow the one Python raised (seen once, in a CI run on a busy
+    machine: a SIGINT sent while ``import torch`` ran, and the command ran on and exited 0)."""
+    noted: list[int] = []
+
+    def on_sigint(signum: int, frame: object) -> None:
+        noted.append(signum)
+        raise KeyboardInterrupt
+
+    try:
+        previous = signal.signal(signal.SIGINT, on_sigint)
+    except ValueError:  # not the main thread: nothing to note
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if noted:
+        raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
     tolerant_streams()
     try:
-        return _main(argv)
+        with _ctrl_c_noted():  # the subcommands' modules import torch: the slow first seconds
+            parser = build_parser()
+        return _main(parser, argv)
     except KeyboardInterrupt:  # also while the subcommands' modules (torch ...) are imported
         return interrupted()
 
 
-def _main(argv: list[str] | None) -> int:
-    parser = build_parser()
+def _main(parser: argparse.ArgumentParser, argv: list[str] | None) -> int:
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()
