@@ -26,7 +26,7 @@ def test_presets_follow_the_classic_programs():
         "seed-mlp-book",
         "lenet",
         "speedrun",
-        "speedrun-8s",
+        "speedrun-lite",
     }
 
 

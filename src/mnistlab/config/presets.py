@@ -78,15 +78,17 @@ def speedrun() -> Config:
     )
 
 
-def speedrun_8s() -> Config:
-    """The speedrun made for 8 seconds of training on 2 CPU cores (docs/speedrun.md): the same
-    recipe with half the convolution widths (8, 16) and two epochs instead of three, chosen
-    among one-, one-and-a-half-, two- and two-and-a-half-epoch runs of widths (8, 16), (12, 24)
-    and (16, 32) and a batch of 256 by their validation accuracy only."""
+def speedrun_lite() -> Config:
+    """The speedrun at half the cost (docs/speedrun.md): the same recipe with half the
+    convolution widths (8, 16) and two epochs instead of three; 99.02% mean test accuracy over
+    five seeds in 9.7 s of training on 2 CPU cores, against the speedrun's 99.28% in 19.5 s on
+    the same machine.
+    Chosen among one-, one-and-a-half-, two- and two-and-a-half-epoch runs of widths (8, 16),
+    (12, 24) and (16, 32), and a batch of 256, by their validation accuracy only."""
     base = speedrun()
     return replace(
         base,
-        preset="speedrun-8s",
+        preset="speedrun-lite",
         model=replace(base.model, hidden=(8, 16)),
         optim=replace(base.optim, warmup_steps=86),
         train=replace(base.train, steps=860),
@@ -99,5 +101,5 @@ PRESETS: dict[str, Callable[[], Config]] = {
     "seed-mlp-book": seed_mlp_book,
     "lenet": lenet,
     "speedrun": speedrun,
-    "speedrun-8s": speedrun_8s,
+    "speedrun-lite": speedrun_lite,
 }
