@@ -9,18 +9,9 @@ from pathlib import Path
 
 import torch
 
+from mnistlab.apps.environment import cpu_name
+
 SHARED_MNIST = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist"
-
-
-def cpu_name() -> str:
-    """The processor's model name (from /proc/cpuinfo where there is one)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def machine() -> str:

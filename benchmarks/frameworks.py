@@ -173,7 +173,7 @@ def write_report(
 
 def compare(args: argparse.Namespace) -> int:
     frameworks, programs = check_choices(args)
-    where = f"{args.dataset}" + (f" from {args.data_dir}" if args.data_dir else "")
+    where = args.dataset  # not the folder: a path of this machine says nothing of the figures
     print(f"machine: {machine()}\ndata: {where}; seed {args.seed}; {args.rounds} round(s)")
     print(f"load average at start: {_load_text(load_average())}", flush=True)
     skipped: dict[str, str] = {}

@@ -8,7 +8,7 @@ PNG files and read back through the same preprocessing, against the model on the
 
     python benchmarks/photos.py --data-dir ../shared/data/mnist            # the docs' table
     python benchmarks/photos.py --set tuning --models pretrained:cnn        # what was tuned on
-    python benchmarks/photos.py --cache /tmp/photos                         # render once
+    python benchmarks/photos.py --cache DIR                                  # render once
 
 ``--json FILE`` also writes every figure (and each misread photo's parameters).
 """

@@ -17,7 +17,7 @@ thread a run) took about two hours on a busy 2-core AMD EPYC; ``--steps 300 --se
 in a minute or two.
 
     python scripts/ablation.py --data-dir ../shared/data/mnist            # the full table
-    python scripts/ablation.py --steps 300 --seeds 1-2 --out /tmp/abl    # a quick try
+    python scripts/ablation.py --steps 300 --seeds 1-2 --out OUT         # a quick try
 """
 
 from __future__ import annotations
@@ -35,6 +35,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from mnistlab.apps.environment import cpu_name
+
 ROOT = Path(__file__).resolve().parents[1]
 
 # name -> (what it is, the settings that make it). "all on" is the preset as it is.
@@ -49,16 +51,6 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
     ),
 }
 DEFAULT_VARIANTS = "all-on,no-ema,no-l2,no-decay,none"
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def machine() -> dict[str, Any]:
@@ -212,7 +204,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.data_dir is not None and not args.data_dir.is_dir():
         p.error(f"--data-dir {args.data_dir} is not a folder")
 
-    this = ["python", "scripts/ablation.py", *(sys.argv[1:] if argv is None else argv)]
+    given = list(sys.argv[1:] if argv is None else argv)
+    if "--runs" in given:  # where the run folders went (a path of this machine) says nothing of
+        at = given.index("--runs")  # the figures, so the recorded command leaves it out
+        del given[at : at + 2]
+    this = ["python", "scripts/ablation.py", *given]
     results: dict[str, Any] = {
         "what": "seed-mlp ablation: each trick off in turn against all on",
         "command": shlex.join(this),
@@ -248,7 +244,8 @@ def main(argv: list[str] | None = None) -> int:
             summary["started"] = started.isoformat(timespec="seconds")
             summary["finished"] = finished.isoformat(timespec="seconds")
             results["dataset"] = summary["dataset"]
-            results["commands"][name] = shlex.join(cmd)
+            # recorded with the run folders' parent as RUNS: a path of this machine says nothing
+            results["commands"][name] = shlex.join(cmd).replace(str(parent), "RUNS")
             results["variants"][name] = summary
             # Keep the variants in the order asked for, whatever was finished first.
             results["variants"] = {

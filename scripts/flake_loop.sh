@@ -3,7 +3,7 @@
 # workers that aborted (a C++ `terminate called ...`, SIGABRT, exit status -6 / 134).
 #
 #   scripts/flake_loop.sh 30                      # from the repository root (or anywhere)
-#   FLAKE_LOGS=/tmp/flake scripts/flake_loop.sh 5 # keep the logs in a folder of your choice
+#   FLAKE_LOGS=DIR scripts/flake_loop.sh 5 # keep the logs in a folder of your choice
 #   FLAKE_TESTS="tests/test_parallel_cli.py" scripts/flake_loop.sh 10   # fewer files
 #   FLAKE_UNTIL=03:05 scripts/flake_loop.sh 30    # no round started that would end after 03:05
 #

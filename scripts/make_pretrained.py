@@ -36,6 +36,7 @@ sys.path.insert(0, str(ROOT / "src"))
 import torch  # noqa: E402
 
 from mnistlab import __version__  # noqa: E402
+from mnistlab.apps.environment import cpu_name  # noqa: E402
 from mnistlab.data import load_splits  # noqa: E402
 from mnistlab.io.checkpoint import (  # noqa: E402
     load_checkpoint,
@@ -95,17 +96,6 @@ RECIPES = {
         Recipe("fashion", "speedrun", "fashion-mnist", "the speedrun cnn on Fashion-MNIST"),
     )
 }
-
-
-def cpu_name() -> str:
-    """The processor's model name (from /proc/cpuinfo where there is one)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def sha256(path: Path) -> str:

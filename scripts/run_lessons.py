@@ -28,6 +28,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from mnistlab.apps.environment import cpu_name
+
 ROOT = Path(__file__).resolve().parents[1]
 LESSONS = ROOT / "docs" / "lessons"
 SHARED_MNIST = ROOT.parent / "shared" / "data" / "mnist"
@@ -46,16 +48,6 @@ def full_mnist(given: Path | None) -> Path | None:
     if given:
         raise SystemExit(f"run_lessons: {given} holds no MNIST training images")
     return None
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def lesson_env(data: Path | None) -> dict[str, str]:

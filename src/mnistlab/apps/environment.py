@@ -17,6 +17,7 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import metadata
+from pathlib import Path
 from typing import Any
 
 # (distribution, module to import); the minimum versions are the installed mnistlab's own
@@ -51,6 +52,18 @@ class Install:
     requires: tuple[str, ...] = ()
     editable_root: str | None = None
     """For ``pip install -e``: the project folder (from ``direct_url.json``)."""
+
+
+def cpu_name() -> str:
+    """The processor's model name (from /proc/cpuinfo where there is one), for the figures that
+    name their machine: benchmarks, the lessons, the ablation and the pretrained manifest."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def normalize(name: str) -> str:
