@@ -15,9 +15,12 @@ from pathlib import Path
 
 from common import cpu_name
 
-FRAMEWORKS = ("mnistlab", "pytorch", "tf-v1", "keras", "jax")
+FRAMEWORKS = ("mnistlab", "mnistlab-auto", "pytorch", "tf-v1", "keras", "jax")
+"""``mnistlab`` runs each preset as it is (``train.route=exact``, its default); ``mnistlab-auto``
+the same with ``train.route=auto`` (the fused dense step's fastest route for the CPU)."""
 NEEDS = {
     "mnistlab": ("mnistlab", "torch"),
+    "mnistlab-auto": ("mnistlab", "torch"),
     "pytorch": ("torch",),
     "tf-v1": ("tensorflow",),
     "keras": ("tensorflow", "keras"),

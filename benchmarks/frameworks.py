@@ -4,6 +4,8 @@ Softmax regression (``seed-softmax``) and the 784-500-10 MLP with L2, exponentia
 moving average (``seed-mlp``), each run by
 
 - ``mnistlab``: its own path, as ``mnistlab train`` runs it (``ports/mnistlab_entry.py``);
+- ``mnistlab-auto``: the same with ``--set train.route=auto`` (the fused dense step's fastest
+  route for this CPU, ``training/routes.py``);
 - ``pytorch``: plain PyTorch as tutorials write it (``ports/torch_plain.py``);
 - ``tf-v1``: TensorFlow 2 running the original graph program via ``tf.compat.v1``
   (``ports/tf_v1.py``);
@@ -26,6 +28,7 @@ CPU's model, family and vector flags, are printed and stored beside the figures.
 
     python benchmarks/frameworks.py --rounds 5            # full MNIST, 1,000 / 30,000 steps
     python benchmarks/frameworks.py --rounds 3 --frameworks mnistlab,jax --programs mlp
+    python benchmarks/frameworks.py --rounds 5 --frameworks mnistlab,mnistlab-auto,jax --programs mlp
     python benchmarks/frameworks.py --steps 200 --frameworks mnistlab,pytorch
     python benchmarks/frameworks.py --parity              # TF compat.v1 vs mnistlab, step by step
     python benchmarks/frameworks.py --device cuda         # the GPU column (torch-based ports)
@@ -58,9 +61,9 @@ from catalog import (  # noqa: E402
 )
 from common import default_data  # noqa: E402
 from ports.common import PORTED, PROGRAMS, load  # noqa: E402
-from rounds import bar_chart, round_order, summarize, table  # noqa: E402
+from rounds import bar_chart, pair_ratios, round_order, summarize, table  # noqa: E402
 
-ON_DEVICE = ("mnistlab", "pytorch")
+ON_DEVICE = ("mnistlab", "mnistlab-auto", "pytorch")
 """The ports that also run on a GPU (``--device cuda``); the others measure the CPU."""
 CHILD_ENV = {"TF_CPP_MIN_LOG_LEVEL": "3", "KERAS_BACKEND": "tensorflow", "PYTHONWARNINGS": "ignore"}
 
@@ -70,11 +73,19 @@ def run_one(framework: str, program_name: str, args: argparse.Namespace) -> dict
     program = PROGRAMS[program_name]
     own = {"mlp": args.mlp_steps, "lenet": args.lenet_steps}.get(program_name, 0)
     steps = args.steps or own or program.steps
-    if framework == "mnistlab":
+    if framework in ("mnistlab", "mnistlab-auto"):
         from ports import mnistlab_entry
 
+        route = "auto" if framework == "mnistlab-auto" else None
         return mnistlab_entry.run(
-            program, args.dataset, args.data_dir, steps, args.seed, args.threads, args.device
+            program,
+            args.dataset,
+            args.data_dir,
+            steps,
+            args.seed,
+            args.threads,
+            args.device,
+            route=route,
         )
     folder, validation = data_folder(args.dataset, args.data_dir)
     data = load(folder, validation)
@@ -211,6 +222,13 @@ def compare(args: argparse.Namespace) -> int:
         # Written after every round, so a run cut short keeps the rounds it finished.
         summary = write_report(args, where, rows, skipped, r + 1, quiet=r + 1 < args.rounds)
     print(table(summary))
+    for mine in ("mnistlab", "mnistlab-auto"):
+        for other in running:
+            if other.startswith("mnistlab") or mine not in running:
+                continue
+            for program, q in pair_ratios(rows, mine, other).items():
+                print(f"{program}: {mine} / {other}, per round: median {q['median']:.3f} "
+                      f"(range {q['min']:.3f}-{q['max']:.3f})")  # fmt: skip
     if args.rounds == 1:
         print("one round: its ratios come from a single pass; use --rounds 3 or more to compare")
     return 1 if any("error" in r for r in rows) else 0

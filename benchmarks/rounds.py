@@ -70,9 +70,25 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, Any]]
     return out
 
 
+def pair_ratios(rows: list[dict[str, Any]], a: str, b: str) -> dict[str, dict[str, float]]:
+    """``{program: spread of a's time / b's time}`` over the rounds both finished."""
+    ok = [r for r in rows if "error" not in r]
+    times = {(r["framework"], r["program"], r["round"]): r["train_seconds"] for r in ok}
+    out: dict[str, dict[str, float]] = {}
+    for program in dict.fromkeys(r["program"] for r in ok):
+        ratios = [
+            times[(a, program, n)] / times[(b, program, n)]
+            for (f, p, n) in times
+            if f == a and p == program and (b, program, n) in times
+        ]
+        if ratios:
+            out[program] = spread(ratios)
+    return out
+
+
 def table(summary: dict[str, dict[str, dict[str, Any]]]) -> str:
     head = (
-        f"{'program':<8} {'framework':<10} {'rounds':>6} {'median s':>9} {'range s':>15} "
+        f"{'program':<8} {'framework':<13} {'rounds':>6} {'median s':>9} {'range s':>15} "
         f"{'ms/step':>8} {'x mnistlab (range)':>22} {'test acc':>9}  verdict"
     )
     lines = [head, "-" * len(head)]
@@ -85,7 +101,7 @@ def table(summary: dict[str, dict[str, dict[str, Any]]]) -> str:
             else:
                 ratio = "1" if framework == BASELINE else "-"
             lines.append(
-                f"{program:<8} {framework:<10} {f['rounds']:>6} {s['median']:>9.2f} "
+                f"{program:<8} {framework:<13} {f['rounds']:>6} {s['median']:>9.2f} "
                 f"{s['min']:>7.2f}-{s['max']:<7.2f} {f['ms_per_step']['median']:>8.3f} "
                 f"{ratio:>22} {100 * acc['median']:>8.2f}%  {f.get('verdict', '')}"
             )

@@ -1,5 +1,5 @@
-"""The fused dense step's routes (``training/routes.py``): ``mkl`` and ``onednn`` train what
-``exact`` trains, to float32's rounding; their folded update is the same mathematics (checked in
+"""The fused dense step's routes (``training/routes.py``): ``mkl``, ``onednn`` and ``trimmed``
+train what ``exact`` trains, to float32's rounding; their folded update is the same mathematics (checked in
 float64); each resumes bit-equal to an uninterrupted run by its own route; ``auto`` follows a
 fixed rule per CPU and a resume keeps the route its checkpoint recorded."""
 
@@ -17,6 +17,7 @@ from mnistlab.io.checkpoint import load_checkpoint
 from mnistlab.training import build_run, routes
 from mnistlab.training.dense import FusedDenseEngine
 from mnistlab.training.loop import _Loop
+from mnistlab.training.trimmed import TrimmedDenseEngine, pixel_order, prefix_lengths
 
 from .conftest import small_config
 from .dist_worker import as_dtype
@@ -25,7 +26,11 @@ from .forge import forge
 FIXTURE = Path(__file__).parent / "fixtures" / "v1-seed-mlp-step4.pt"
 
 ONEDNN = torch.backends.mkldnn.is_available()
-FAST = ["mkl", pytest.param("onednn", marks=pytest.mark.skipif(not ONEDNN, reason="no oneDNN"))]
+FAST = [
+    "mkl",
+    pytest.param("onednn", marks=pytest.mark.skipif(not ONEDNN, reason="no oneDNN")),
+    "trimmed",
+]
 
 
 def trained(config, data, state=None):
@@ -53,6 +58,7 @@ def test_a_fast_route_trains_what_exact_trains_to_float32s_rounding(sample_split
         small_config("seed-mlp", "train.steps=100", f"train.route={route}"), sample_splits
     )
     assert isinstance(engine, FusedDenseEngine) and engine.name == f"fused+{route}"
+    assert type(engine) is (TrimmedDenseEngine if route == "trimmed" else FusedDenseEngine)
     assert abs(run_f.last_loss - run_e.last_loss) <= 1e-5 * abs(run_e.last_loss)
     assert largest_difference(exact, fast) < 1e-5
     assert any(not torch.equal(a, b) for a, b in zip(exact, fast, strict=True)), (
@@ -60,7 +66,8 @@ def test_a_fast_route_trains_what_exact_trains_to_float32s_rounding(sample_split
     )
 
 
-def test_the_folded_update_is_the_same_mathematics(sample_splits):
+@pytest.mark.parametrize("route", ["mkl", "trimmed"])
+def test_the_folded_update_is_the_same_mathematics(sample_splits, route):
     """In float64 the rounding of a reordered sum is ~1e-16: the folded update (``W ← (1 -
     lr·l2)·W - lr·gᵀx``) and autograd's L2 + SGD then agree to 1e-10 after 100 steps, the
     gradient left in ``.grad`` at the boundary included."""
@@ -69,8 +76,10 @@ def test_the_folded_update_is_the_same_mathematics(sample_splits):
     try:
         data = as_dtype(sample_splits, torch.float64)
         steps = ["train.steps=100", "train.log_every=25"]
-        folded, run_f, engine = trained(small_config("seed-mlp", *steps, "train.route=mkl"), data)
-        assert engine.name == "fused+mkl"
+        folded, run_f, engine = trained(
+            small_config("seed-mlp", *steps, f"train.route={route}"), data
+        )
+        assert engine.name == f"fused+{route}"
         auto, run_a, engine = trained(small_config("seed-mlp", *steps, "train.fused=false"), data)
         assert engine.name == "autograd"
         assert largest_difference(folded, auto) < 1e-10
@@ -128,24 +137,29 @@ def test_a_fresh_auto_run_records_the_route_of_its_cpu(sample_splits):
     _, run, engine = trained(
         small_config("seed-mlp", "train.steps=10", "train.route=auto"), sample_splits
     )
-    chosen = routes.auto_route(torch.device("cpu"), torch.float32)
+    chosen = routes.auto_route(torch.device("cpu"), torch.float32, hidden=True)
+    assert chosen == "trimmed"
     assert engine.route == chosen and run.state_dict()["dense_route"] == chosen
 
 
 @pytest.mark.parametrize(
-    "vendor,flags,device,dtype,expected",
+    "vendor,flags,device,dtype,hidden,expected",
     [
-        ("AuthenticAMD", {"avx2", "avx512f"}, "cpu", torch.float32, "onednn"),
-        ("GenuineIntel", {"avx2", "avx512f"}, "cpu", torch.float32, "mkl"),
-        ("AuthenticAMD", {"avx2"}, "cpu", torch.float32, "mkl"),
-        ("AuthenticAMD", {"avx2", "avx512f"}, "cpu", torch.float64, "mkl"),
-        ("AuthenticAMD", {"avx2", "avx512f"}, "cuda", torch.float32, "exact"),
+        ("AuthenticAMD", {"avx2", "avx512f"}, "cpu", torch.float32, True, "trimmed"),
+        ("GenuineIntel", {"avx2", "avx512f"}, "cpu", torch.float32, True, "trimmed"),
+        ("AuthenticAMD", {"avx2", "avx512f"}, "cpu", torch.float32, False, "onednn"),
+        ("GenuineIntel", {"avx2", "avx512f"}, "cpu", torch.float32, False, "mkl"),
+        ("AuthenticAMD", {"avx2"}, "cpu", torch.float32, False, "mkl"),
+        ("AuthenticAMD", {"avx2", "avx512f"}, "cpu", torch.float64, True, "mkl"),
+        ("AuthenticAMD", {"avx2", "avx512f"}, "cuda", torch.float32, True, "exact"),
     ],
 )
-def test_auto_follows_a_fixed_rule_per_cpu(monkeypatch, vendor, flags, device, dtype, expected):
+def test_auto_follows_a_fixed_rule_per_cpu(
+    monkeypatch, vendor, flags, device, dtype, hidden, expected
+):
     monkeypatch.setattr(routes, "_cpu_flags", lambda: (vendor, frozenset(flags)))
     monkeypatch.setattr(torch.backends.mkldnn, "is_available", lambda: True)
-    assert routes.auto_route(torch.device(device), dtype) == expected
+    assert routes.auto_route(torch.device(device), dtype, hidden=hidden) == expected
 
 
 def test_onednn_where_it_cannot_run_is_one_clear_error(sample_splits):
@@ -155,8 +169,17 @@ def test_onednn_where_it_cannot_run_is_one_clear_error(sample_splits):
         FusedDenseEngine(run)
 
 
+def test_trimmed_off_the_cpu_is_one_clear_error(sample_splits, monkeypatch):
+    run = build_run(small_config("seed-mlp", "train.route=trimmed"), sample_splits)
+    monkeypatch.setattr(run.strategy, "device", torch.device("cuda"))
+    with pytest.raises(ConfigError, match="train.route=trimmed runs on the CPU"):
+        routes.choose_route(run)
+
+
 def test_an_unknown_route_names_the_choices():
-    with pytest.raises(ConfigError, match="train.route must be one of auto, exact, mkl, onednn"):
+    with pytest.raises(
+        ConfigError, match="train.route must be one of auto, exact, mkl, onednn, trimmed"
+    ):
         resolve("seed-mlp", None, ["train.route=onedn"])
 
 
@@ -187,7 +210,7 @@ def test_weight_decay_keeps_float32s_accuracy_over_many_steps(sample_splits, rou
     assert relative < 2e-6, f"{route}: decay off by {relative:.2g} relative after {steps} steps"
 
 
-@pytest.mark.parametrize("route", ["exact", "mkl", "onednn", None])
+@pytest.mark.parametrize("route", ["exact", "mkl", "onednn", "trimmed", None])
 def test_a_recorded_route_loads(route, tmp_path):
     state = copy.deepcopy(load_checkpoint(FIXTURE).state)
     state["dense_route"] = route
@@ -202,3 +225,30 @@ def test_a_forged_route_is_refused(route, tmp_path):
     path = forge(tmp_path / "x.pt", state)
     with pytest.raises(CheckpointError, match="dense_route"):
         load_checkpoint(path)
+
+
+def test_the_pixel_order_and_each_batchs_reach():
+    """Pixels by how many images ink them, most first, ties by position; an image's reach is
+    the prefix of that order holding every pixel it inks; a batch's prefix is its images'
+    furthest reach, rounded up to 16 and at most the width."""
+    images = torch.zeros(4, 40)
+    images[:, 5] = 1.0  # inked by all four
+    images[:3, 2] = 0.5  # by three
+    images[0, 30] = 0.2  # by one
+    images[1, 7] = 0.1  # by one too: before pixel 30 by position
+    order, reach = pixel_order(images, chunk=3)  # a chunk smaller than the set
+    assert order[:4].tolist() == [5, 2, 7, 30]
+    assert reach.tolist() == [4, 3, 2, 1]
+    batches = torch.tensor([[3, 3], [1, 2], [0, 1]])
+    assert prefix_lengths(reach, batches, 40) == [16, 16, 16]
+    assert prefix_lengths(reach, batches, 3) == [3, 3, 3]  # never past the width
+
+
+def test_trimming_skips_only_pixels_no_image_of_the_batch_inks(sample_splits):
+    """The trimmed products equal the full ones: a batch's prefix holds every pixel it inks."""
+    images = sample_splits.train.images
+    order, reach = pixel_order(images)
+    batches = torch.arange(len(images) // 50 * 50).view(-1, 50)
+    for batch, length in zip(batches, prefix_lengths(reach, batches, images.shape[1]), strict=True):
+        x = images[batch][:, order]
+        assert x[:, length:].count_nonzero() == 0

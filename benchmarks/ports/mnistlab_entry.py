@@ -23,6 +23,8 @@ def run(
     seed: int,
     threads: int,
     device: str = "cpu",
+    *,
+    route: str | None = None,
 ) -> dict[str, Any]:
     import torch
 
@@ -34,6 +36,7 @@ def run(
         argv += ["--data-dir", data_dir] if data_dir else []
         argv += ["--set", f"train.steps={steps}", "--set", f"train.seed={seed}"]
         argv += ["--set", f"train.threads={threads}", "--device", device]
+        argv += ["--set", f"train.route={route}"] if route else []
         argv += ["--checkpoint-every", "0", "--no-tensorboard", "--quiet", "--json"]
         argv += ["--run-dir", os.path.join(tmp, "run")]
         out = io.StringIO()
@@ -43,7 +46,7 @@ def run(
             raise RuntimeError(f"mnistlab train exited {code}")
         summary = json.loads(out.getvalue().strip().splitlines()[-1])
     return result(
-        framework="mnistlab",
+        framework="mnistlab-auto" if route == "auto" else "mnistlab",
         version=f"mnistlab {__version__} (torch {torch.__version__})",
         program=program,
         steps=int(summary["steps"]),
@@ -53,5 +56,5 @@ def run(
         final_loss=None,
         device=device,
         threads=str(torch.get_num_threads()),
-        notes=f"engine {summary.get('engine')}",
+        notes=f"engine {summary.get('engine')}" + (f", train.route={route}" if route else ""),
     )

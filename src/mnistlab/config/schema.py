@@ -19,7 +19,7 @@ OPTIMIZER_NAMES = ("sgd", "momentum", "nesterov", "adam")
 LR_SCHEDULES = ("exponential", "linear")
 LOSS_NAMES = ("stable", "naive")
 SWITCHES = ("auto", "on", "off")
-DENSE_ROUTES = ("auto", "exact", "mkl", "onednn")
+DENSE_ROUTES = ("auto", "exact", "mkl", "onednn", "trimmed")
 PARALLEL_MODES = ("none", "data", "async", "tensor", "pipeline")
 SCHEDULES = ("gpipe", "1f1b")
 

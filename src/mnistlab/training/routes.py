@@ -1,6 +1,6 @@
 """Which route the fused dense step takes on this machine (``train.route``).
 
-The fused dense step (``training/dense.py``) computes the same training three ways:
+The fused dense step (``training/dense.py``) computes the same training four ways:
 
 - ``exact``: the kernels autograd itself calls, three passes over the weights after the
   products (L2 into the gradient, SGD, the moving average): bit-equal to autograd on the CPU;
@@ -10,11 +10,14 @@ The fused dense step (``training/dense.py``) computes the same training three wa
   size a step become four). The decay stays its own term: a product's ``beta = 1 - lr·l2``
   would round to float32's spacing near 1 and bias every step's decay by up to 0.3%;
 - ``onednn``: as ``mkl``, with the forward products through oneDNN and the bias and ReLU in
-  their epilogue.
+  their epilogue;
+- ``trimmed`` (``training/trimmed.py``): as ``onednn``, with the first layer's two large
+  products run only over the pixels the batch inks (a pixel that is 0 in every image of the
+  batch adds nothing to either), and every parameter, gradient and shadow in one flat buffer.
 
-The last two agree with ``exact`` to float32's rounding (their products sum in another order),
-not bit for bit. ``auto`` picks one by a fixed rule per CPU at run start (so two runs on one
-machine give the same digits) and a checkpoint records it, so a resume goes on by the same route.
+The last three agree with ``exact`` to float32's rounding (their products sum in another order),
+not bit for bit. ``auto`` picks one by a fixed rule at run start (so two runs on one machine
+give the same digits) and a checkpoint records it, so a resume goes on by the same route.
 The default is ``exact`` (``config/schema.py``); the others are opt-in.
 """
 
@@ -56,13 +59,18 @@ def onednn_ready(device: torch.device, dtype: torch.dtype) -> bool:
     return device.type == "cpu" and dtype == torch.float32 and torch.backends.mkldnn.is_available()
 
 
-def auto_route(device: torch.device, dtype: torch.dtype) -> str:
+def auto_route(device: torch.device, dtype: torch.dtype, *, hidden: bool = True) -> str:
     """The route ``train.route=auto`` takes on this machine, by a fixed rule (so two runs on one
     machine compute the same digits): on CUDA ``exact`` (the only one measured there); on a
-    CPU with AVX-512 whose vendor is not Intel, ``onednn`` — MKL's sgemm runs its AVX2 kernels
+    CPU in float32, for a model with a hidden layer, ``trimmed`` (the fastest measured for the
+    MLP, on an AMD EPYC, Zen 4: docs/speed.md). Otherwise (softmax regression, whose products
+    are too small for trimming to pay for ordering the pixels first, or another dtype): on a CPU
+    with AVX-512 whose vendor is not Intel, ``onednn`` — MKL's sgemm runs its AVX2 kernels
     there (seen on an AMD EPYC, Zen 4), oneDNN its AVX-512 ones; elsewhere ``mkl``."""
     if device.type != "cpu":
         return "exact"
+    if hidden and dtype == torch.float32:
+        return "trimmed"
     vendor, flags = _cpu_flags()
     if onednn_ready(device, dtype) and "avx512f" in flags and vendor != "GenuineIntel":
         return "onednn"
@@ -84,12 +92,20 @@ def choose_route(run: Run) -> str:
             f"{dtype}, oneDNN {'available' if torch.backends.mkldnn.is_available() else 'absent'})"
             "; use train.route=auto"
         )
+    if setting == "trimmed" and device.type != "cpu":
+        raise ConfigError(
+            f"train.route=trimmed runs on the CPU (here: {device}); use train.route=auto"
+        )
     if setting != "auto":
         return setting
     saved = run.dense_route
     if saved in ("exact", "mkl") or (saved == "onednn" and onednn_ready(device, dtype)):
         return saved
-    chosen = auto_route(device, dtype)
+    if saved == "trimmed" and device.type == "cpu":
+        return saved
+    model = run.strategy.model
+    linears = sum(isinstance(m, torch.nn.Linear) for m in model.modules()) if model else 0
+    chosen = auto_route(device, dtype, hidden=linears > 1)
     if saved and saved != chosen:
         print(
             f"mnistlab: the checkpoint trained with train.route={saved}, which cannot run here; "

@@ -36,6 +36,8 @@ from mnistlab.training.captured import TabledAutogradEngine, captured_reason
 from mnistlab.training.dense import FusedDenseEngine, fused_reason
 from mnistlab.training.dense_tables import TabledDenseEngine
 from mnistlab.training.engine import AutogradEngine, Engine
+from mnistlab.training.routes import choose_route
+from mnistlab.training.trimmed import TrimmedDenseEngine
 
 if TYPE_CHECKING:
     from mnistlab.training.state import Run
@@ -58,7 +60,10 @@ def select_engine(run: Run) -> tuple[Engine, str | None]:
     graphs = cuda and _on(t.cuda_graphs, True)
     if compile_step or graphs:
         return TabledDenseEngine(run, compile_step=compile_step, graphs=graphs), None
-    return FusedDenseEngine(run), None
+    route = choose_route(run)
+    if route == "trimmed":
+        return TrimmedDenseEngine(run), None
+    return FusedDenseEngine(run, route), None
 
 
 def _on(setting: str, default: bool) -> bool:
