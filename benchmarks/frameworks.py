@@ -31,6 +31,7 @@ CPU's model, family and vector flags, are printed and stored beside the figures.
     python benchmarks/frameworks.py --rounds 5 --frameworks mnistlab,mnistlab-auto,jax --programs mlp
     python benchmarks/frameworks.py --steps 200 --frameworks mnistlab,pytorch
     python benchmarks/frameworks.py --parity              # TF compat.v1 vs mnistlab, step by step
+    python benchmarks/frameworks.py --parity --parity-route auto   # the same by the fast route
     python benchmarks/frameworks.py --device cuda         # the GPU column (torch-based ports)
 
 Prints a table and writes ``--out``/frameworks.json (every run, the summary, the machine) and
@@ -277,6 +278,11 @@ def main(argv: list[str] | None = None) -> int:
         help="parity: also run TensorFlow against itself with oneDNN off",
     )
     p.add_argument("--snapshot-every", type=int, default=50, help="parity: compare weights every N")
+    p.add_argument(
+        "--parity-route",
+        default="exact",
+        help="parity: mnistlab's train.route (default exact, the presets' own)",
+    )
     p.add_argument("--run", choices=FRAMEWORKS, help=argparse.SUPPRESS)
     p.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)

@@ -45,6 +45,7 @@ def _mnistlab_side(preset: str, args: argparse.Namespace, snapshot_steps: list[i
             f"train.steps={steps}",
             f"train.seed={args.seed}",
             "train.log_every=1",
+            f"train.route={args.parity_route}",
             "train.device=cpu",
             f"train.threads={args.threads}",
             "tracking.tensorboard=false",

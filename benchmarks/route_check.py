@@ -96,7 +96,7 @@ def main() -> int:
     p.add_argument("--steps", type=int, default=1000)
     p.add_argument("--every", type=int, default=1, help="compare every N steps (log_every)")
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--routes", default="mkl,onednn")
+    p.add_argument("--routes", default="mkl,onednn,trimmed")
     p.add_argument("--dataset", default=dataset)
     p.add_argument("--data-dir", default=data_dir)
     p.add_argument("--no-float64", action="store_true", help="skip the float64 reference")

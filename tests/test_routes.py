@@ -137,29 +137,33 @@ def test_a_fresh_auto_run_records_the_route_of_its_cpu(sample_splits):
     _, run, engine = trained(
         small_config("seed-mlp", "train.steps=10", "train.route=auto"), sample_splits
     )
-    chosen = routes.auto_route(torch.device("cpu"), torch.float32, hidden=True)
-    assert chosen == "trimmed"
+    # small_config trains on one thread: auto's rule gives the MLP the trimmed route there.
+    chosen = routes.auto_route(torch.device("cpu"), torch.float32, hidden=True, threads=1)
+    assert chosen == "trimmed" and torch.get_num_threads() == 1
     assert engine.route == chosen and run.state_dict()["dense_route"] == chosen
 
 
 @pytest.mark.parametrize(
-    "vendor,flags,device,dtype,hidden,expected",
+    "vendor,flags,device,dtype,hidden,threads,expected",
     [
-        ("AuthenticAMD", {"avx2", "avx512f"}, "cpu", torch.float32, True, "trimmed"),
-        ("GenuineIntel", {"avx2", "avx512f"}, "cpu", torch.float32, True, "trimmed"),
-        ("AuthenticAMD", {"avx2", "avx512f"}, "cpu", torch.float32, False, "onednn"),
-        ("GenuineIntel", {"avx2", "avx512f"}, "cpu", torch.float32, False, "mkl"),
-        ("AuthenticAMD", {"avx2"}, "cpu", torch.float32, False, "mkl"),
-        ("AuthenticAMD", {"avx2", "avx512f"}, "cpu", torch.float64, True, "mkl"),
-        ("AuthenticAMD", {"avx2", "avx512f"}, "cuda", torch.float32, True, "exact"),
+        ("AuthenticAMD", {"avx2", "avx512f"}, "cpu", torch.float32, True, 1, "trimmed"),
+        ("GenuineIntel", {"avx2", "avx512f"}, "cpu", torch.float32, True, 1, "trimmed"),
+        ("AuthenticAMD", {"avx2", "avx512f"}, "cpu", torch.float32, True, 2, "onednn"),
+        ("GenuineIntel", {"avx2", "avx512f"}, "cpu", torch.float32, True, 2, "mkl"),
+        ("AuthenticAMD", {"avx2", "avx512f"}, "cpu", torch.float32, False, 1, "onednn"),
+        ("GenuineIntel", {"avx2", "avx512f"}, "cpu", torch.float32, False, 1, "mkl"),
+        ("AuthenticAMD", {"avx2"}, "cpu", torch.float32, False, 2, "mkl"),
+        ("AuthenticAMD", {"avx2", "avx512f"}, "cpu", torch.float64, True, 1, "mkl"),
+        ("AuthenticAMD", {"avx2", "avx512f"}, "cuda", torch.float32, True, 1, "exact"),
     ],
 )
 def test_auto_follows_a_fixed_rule_per_cpu(
-    monkeypatch, vendor, flags, device, dtype, hidden, expected
+    monkeypatch, vendor, flags, device, dtype, hidden, threads, expected
 ):
     monkeypatch.setattr(routes, "_cpu_flags", lambda: (vendor, frozenset(flags)))
     monkeypatch.setattr(torch.backends.mkldnn, "is_available", lambda: True)
-    assert routes.auto_route(torch.device(device), dtype, hidden=hidden) == expected
+    got = routes.auto_route(torch.device(device), dtype, hidden=hidden, threads=threads)
+    assert got == expected
 
 
 def test_onednn_where_it_cannot_run_is_one_clear_error(sample_splits):

@@ -101,9 +101,11 @@ class TrainConfig:
     """How the fused dense step runs on the CPU (``training/routes.py``): ``exact`` (the default:
     autograd's kernels, bit-equal to autograd), ``mkl`` (SGD folded into the weight-gradient
     product, no gradient buffer), ``onednn`` (as mkl, the forward products in oneDNN with bias and
-    ReLU fused); ``auto`` picks per CPU at run start, and a resume keeps the route its checkpoint
-    recorded. The fast routes sum in another order, so their losses leave exact's by more than
-    1e-5 within 1,000 steps (as exact's leave float64's): opt-in until that is judged."""
+    ReLU fused), ``trimmed`` (as onednn, the first layer's products only over the pixels the
+    batch inks: ``training/trimmed.py``); ``auto`` picks per CPU and model at run start, and a
+    resume keeps the route its checkpoint recorded. The fast routes sum in another order, so
+    their losses leave exact's by more than 1e-5 within 1,000 steps (as exact's leave
+    float64's): opt-in, so that a preset's digits stay autograd's unless asked."""
 
 
 @dataclass(frozen=True)

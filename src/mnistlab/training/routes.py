@@ -59,17 +59,19 @@ def onednn_ready(device: torch.device, dtype: torch.dtype) -> bool:
     return device.type == "cpu" and dtype == torch.float32 and torch.backends.mkldnn.is_available()
 
 
-def auto_route(device: torch.device, dtype: torch.dtype, *, hidden: bool = True) -> str:
+def auto_route(
+    device: torch.device, dtype: torch.dtype, *, hidden: bool = True, threads: int = 1
+) -> str:
     """The route ``train.route=auto`` takes on this machine, by a fixed rule (so two runs on one
     machine compute the same digits): on CUDA ``exact`` (the only one measured there); on a
-    CPU in float32, for a model with a hidden layer, ``trimmed`` (the fastest measured for the
-    MLP, on an AMD EPYC, Zen 4: docs/speed.md). Otherwise (softmax regression, whose products
-    are too small for trimming to pay for ordering the pixels first, or another dtype): on a CPU
-    with AVX-512 whose vendor is not Intel, ``onednn`` — MKL's sgemm runs its AVX2 kernels
-    there (seen on an AMD EPYC, Zen 4), oneDNN its AVX-512 ones; elsewhere ``mkl``."""
+    CPU in float32, for a model with a hidden layer trained on one thread, ``trimmed`` (0.86×
+    ``onednn``'s step over a whole seed-mlp run there, on an AMD EPYC, Zen 4; at two threads
+    it was not faster: docs/speed.md). Otherwise: on a CPU with AVX-512 whose vendor is not
+    Intel, ``onednn`` — MKL's sgemm runs its AVX2 kernels there (seen on an AMD EPYC, Zen 4),
+    oneDNN its AVX-512 ones; elsewhere ``mkl``."""
     if device.type != "cpu":
         return "exact"
-    if hidden and dtype == torch.float32:
+    if hidden and threads == 1 and dtype == torch.float32:
         return "trimmed"
     vendor, flags = _cpu_flags()
     if onednn_ready(device, dtype) and "avx512f" in flags and vendor != "GenuineIntel":
@@ -105,7 +107,7 @@ def choose_route(run: Run) -> str:
         return saved
     model = run.strategy.model
     linears = sum(isinstance(m, torch.nn.Linear) for m in model.modules()) if model else 0
-    chosen = auto_route(device, dtype, hidden=linears > 1)
+    chosen = auto_route(device, dtype, hidden=linears > 1, threads=torch.get_num_threads())
     if saved and saved != chosen:
         print(
             f"mnistlab: the checkpoint trained with train.route={saved}, which cannot run here; "

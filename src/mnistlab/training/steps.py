@@ -11,7 +11,9 @@ behind, so checkpoints, resume and callbacks never care which one ran:
 - ``FusedDenseEngine`` (``training/dense.py``): softmax regression and the MLP with plain SGD in one
   process. The gradient is written out by hand, calling the very kernels autograd would call (so
   the result is bit-equal on CPU), into buffers allocated once: no graph to build, no fresh
-  1.5 MB gradient on every step, no per-step host work beyond a few kernel calls.
+  1.5 MB gradient on every step, no per-step host work beyond a few kernel calls. By the
+  ``trimmed`` route its subclass ``TrimmedDenseEngine`` (``training/trimmed.py``) runs the first
+  layer's products only over the pixels each batch inks.
 - ``TabledDenseEngine`` (``training/dense_tables.py``; CUDA by default): the same step as one pure function
   that reads the learning rate, the EMA weight and the batch indices from device tables,
   captured as a CUDA graph of ``log_every`` steps that is replayed: one launch per stretch,
