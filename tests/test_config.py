@@ -1,6 +1,7 @@
 """Presets, overrides, TOML and the messages for bad settings."""
 
 import re
+from dataclasses import replace
 
 import pytest
 
@@ -27,7 +28,20 @@ def test_presets_follow_the_classic_programs():
         "lenet",
         "speedrun",
         "speedrun-lite",
+        "speedrun-pool",
     }
+
+
+def test_speedrun_pool_is_the_lite_recipe_pooling_first():
+    lite, pool = preset_config("speedrun-lite"), preset_config("speedrun-pool")
+    assert pool.model.pool_first and not lite.model.pool_first
+    assert replace(pool.model, pool_first=False) == lite.model
+    assert pool.optim == lite.optim and pool.train == lite.train
+
+
+def test_pool_first_is_a_setting_of_the_cnn_only():
+    with pytest.raises(ConfigError, match="model.pool_first is a setting of the cnn"):
+        resolve("seed-mlp", None, ["model.pool_first=true"])
 
 
 def test_overrides_are_typed():

@@ -85,3 +85,22 @@ def test_cnn_needs_one_or_two_blocks():
 
     with pytest.raises(ConfigError, match="one or two convolution blocks"):
         resolve("speedrun", None, ["model.hidden=8,16,32"])
+
+
+def test_the_cnn_pooling_first_normalises_the_pooled_map():
+    """``model.pool_first``: conv → pool → batch norm → ReLU in each block; same parameters and
+    output shape as the default order, batch norm over a quarter of the values."""
+    lite = build_model(preset_config("speedrun-lite").model, seed=1)
+    pool = build_model(preset_config("speedrun-pool").model, seed=1)
+    block = pool.conv1  # type: ignore[union-attr]
+    names = [n for n in block._modules if n in ("conv", "pool", "norm", "relu")]
+    assert names == ["conv", "pool", "norm", "relu"]
+    assert [k for k, _ in lite.state_dict().items()] == [k for k, _ in pool.state_dict().items()]
+    seen: dict[str, tuple[int, ...]] = {}
+
+    def record(module, inputs, output):
+        seen["shape"] = tuple(inputs[0].shape)
+
+    block.norm.register_forward_hook(record)
+    out = pool(torch.rand(3, 784))
+    assert out.shape == (3, 10) and seen["shape"] == (3, 8, 12, 12)

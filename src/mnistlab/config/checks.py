@@ -250,6 +250,8 @@ def validate(config: Config, *, machine: bool = True) -> Config:
         raise ConfigError(f"optim.momentum must be in [0, 1); got {o.momentum}")
     if not 0 <= m.dropout < 1:
         raise ConfigError(f"model.dropout must be in [0, 1); got {m.dropout}")
+    if m.pool_first and m.name != "cnn":
+        raise ConfigError(f"model.pool_first is a setting of the cnn; model.name is {m.name!r}")
     if m.init_std <= 0:
         raise ConfigError(f"model.init_std must be positive; got {m.init_std}")
     if any(h < 1 for h in m.hidden):

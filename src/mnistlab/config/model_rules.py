@@ -86,9 +86,11 @@ def _cnn_outputs(model: ModelConfig, shape: Shape, classes: int) -> list[int]:
     sizes = [c * h * w]  # the channels-last copy of the input
     for width in model.hidden:  # convolution, batch norm, ReLU (unpadded 5x5), then pooling
         h, w = h - 4, w - 4
-        sizes += [width * h * w] * 3
+        conv = width * h * w
         h, w = h // 2, w // 2
-        sizes.append(width * h * w)
+        pooled = width * h * w
+        # model.pool_first: convolution, pooling, then batch norm and ReLU on the pooled map
+        sizes += [conv, pooled, pooled, pooled] if model.pool_first else [conv] * 3 + [pooled]
     return sizes + [classes, classes]
 
 

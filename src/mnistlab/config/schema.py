@@ -49,6 +49,9 @@ class ModelConfig:
     bias_init: float = 0.1
     dropout: float = 0.0
     """Dropout before LeNet's last layer (probability of dropping), 0 for none."""
+    pool_first: bool = False
+    """cnn only: each block max-pools straight after its convolution, then applies batch norm
+    and ReLU to the pooled map (a quarter of the values), instead of pooling last."""
 
 
 @dataclass(frozen=True)
