@@ -115,6 +115,7 @@ class TrimmedDenseEngine(FusedDenseEngine):
         self.outside = [p.detach() for p in (*self.weights, *self.biases)]
         self.outside_grads = [grad_of(p) for p in (*self.weights, *self.biases)]
         self.order: torch.Tensor | None = None  # the pixel order, made at the first stretch
+        self.back: torch.Tensor | None = None  # and its inverse
         self.reach: torch.Tensor | None = None
         self.l2 = float(run.config.optim.l2)
 
@@ -130,12 +131,10 @@ class TrimmedDenseEngine(FusedDenseEngine):
             torch.index_select(source[0].t().contiguous(), 0, self.order, out=target[0])
             torch._foreach_copy_(target[1:], source[1:])
 
-    def _copy_out(self, with_grads: bool) -> None:
-        assert self.order is not None
-        back = torch.argsort(self.order)
-        pairs = [(self.outside, self.views)]
-        if with_grads:
-            pairs.append((self.outside_grads, self.grad_views))
+    def _copy_out(self) -> None:
+        back = self.back
+        assert back is not None
+        pairs = [(self.outside, self.views), (self.outside_grads, self.grad_views)]
         if self.flat_shadows is not None:
             pairs.append((self.outside_shadows, self.shadow_views))
         for outside, inside in pairs:
@@ -148,6 +147,7 @@ class TrimmedDenseEngine(FusedDenseEngine):
         images, labels = run.data.train.images, run.data.train.labels
         if self.order is None:
             self.order, self.reach = pixel_order(images)
+            self.back = torch.argsort(self.order)
         assert self.reach is not None
         batches = stretch_order(run, n)
         lengths = prefix_lengths(self.reach, batches, self.width)
@@ -162,7 +162,7 @@ class TrimmedDenseEngine(FusedDenseEngine):
             self._trimmed_step(
                 images, labels, batches[i], lengths[i], run.lr, weight, losses[i], i == n - 1
             )
-        self._copy_out(with_grads=True)
+        self._copy_out()
 
     def _trimmed_step(
         self,
